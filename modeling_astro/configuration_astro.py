@@ -1,0 +1,1 @@
+../configuration_astro/configuration_astro.py

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny model configuration and random batches of stars."""
+
+import pytest
+import torch
+
+import modeling_astro  # noqa: F401  (registers the Auto classes)
+from configuration_astro import AstroConfig
+
+
+def tiny_config(**kwargs) -> AstroConfig:
+    """A ~20k-parameter configuration with the paper's structure, for tests in seconds."""
+    defaults = dict(
+        hidden_size=16,
+        encoder_attention_heads=[4, 2],
+        encoder_ffn_dims=[32, 16],
+        decoder_attention_heads=[4, 2, 1],
+        decoder_ffn_dims=[32, 16, 8],
+        decoder_mlp_dims=[32, 16, 8, 4],
+        context_length=16,
+    )
+    defaults.update(kwargs)
+    return AstroConfig(**defaults)
+
+
+def random_batch(config: AstroConfig, batch_size: int = 5, num_inputs: int = 6, num_requests: int = 4, seed: int = 0):
+    """Random distinct input ids per star (some stars padded at the end), values and requests."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = len(config.observation_names)
+    input_ids = torch.stack([torch.randperm(vocab, generator=generator)[:num_inputs] + 1 for _ in range(batch_size)])
+    lengths = torch.randint(1, num_inputs + 1, (batch_size,), generator=generator)
+    lengths[0] = num_inputs
+    attention_mask = (torch.arange(num_inputs)[None, :] < lengths[:, None]).long()
+    input_ids = input_ids * attention_mask
+    input_values = torch.randn(batch_size, num_inputs, generator=generator) * attention_mask
+    request_ids = torch.randint(1, vocab + 1, (batch_size, num_requests), generator=generator)
+    return {
+        "input_ids": input_ids,
+        "input_values": input_values,
+        "attention_mask": attention_mask,
+        "request_ids": request_ids,
+    }
+
+
+@pytest.fixture
+def config() -> AstroConfig:
+    return tiny_config()

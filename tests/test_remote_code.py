@@ -1,0 +1,73 @@
+"""A saved checkpoint folder loads with trust_remote_code in a fresh process where this project is not importable."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from conftest import random_batch, tiny_config
+
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys
+
+    class BlockProject:  # the project's packages are absent, installed or not
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, BlockProject())
+    import torch
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+    folder, data = sys.argv[1], torch.load(sys.argv[2])
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
+    tokenizer = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    bare = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "transformers_modules" in type(model).__module__, type(model).__module__
+    with torch.no_grad():
+        out = model(**data["batch"])
+        encoder_states = bare(**{k: v for k, v in data["batch"].items() if k != "request_ids"})
+    encoded = tokenizer({"teff": [5000.0, None], "logg": [2.5, 4.0]}, return_tensors="pt")
+    assert torch.equal(out.mean, data["mean"]) and torch.equal(out.logvar, data["logvar"]), "outputs differ"
+    assert torch.equal(encoder_states.encoder_last_hidden_state, data["encoder"]), "encoder states differ"
+    assert torch.equal(encoded["input_values"], data["encoded"]), "tokenizer differs"
+    print("OK", type(config).__name__, type(model).__name__, type(tokenizer).__name__)
+    """
+)
+
+
+def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path):
+    config = tiny_config(observation_names=["teff", "logg", "m_h", "bprp"])
+    torch.manual_seed(0)
+    model = AstroForObservationPrediction(config).eval()
+    tokenizer = AstroTokenizer(observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0],
+                               scales=[500, 1.0, 0.3, 0.3], context_length=config.context_length)
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert {"modeling_astro.py", "configuration_astro.py", "feature_extraction_astro.py", "model.safetensors"} <= {
+        p.name for p in folder.iterdir()
+    }
+    batch = random_batch(config, num_inputs=3)
+    with torch.no_grad():
+        out = model(**batch)
+        encoder = model.astro(**{k: v for k, v in batch.items() if k != "request_ids"}).encoder_last_hidden_state
+    encoded = tokenizer({"teff": [5000.0, None], "logg": [2.5, 4.0]}, return_tensors="pt")["input_values"]
+    torch.save({"batch": batch, "mean": out.mean, "logvar": out.logvar, "encoder": encoder, "encoded": encoded},
+               tmp_path / "expected.pt")
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules_cache")
+    result = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "expected.pt")], cwd=workdir,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK AstroConfig AstroForObservationPrediction AstroTokenizer" in result.stdout
