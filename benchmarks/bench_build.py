@@ -178,16 +178,30 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--n-xp-files", type=int, default=4)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     inputs_dir = args.workdir / f"inputs-{args.n_stars}-{args.n_xp_files}"
     out = args.workdir / "dataset"
     if args.build_only:
         print(json.dumps(_build_and_measure(inputs_dir, out, args.num_proc)))
         return
-    if not (inputs_dir / "inputs.json").exists():
+    if args.make_only:
         inputs = write_synthetic_inputs(inputs_dir, args.n_stars, n_xp_files=args.n_xp_files)
         as_text = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in inputs.items()}
         (inputs_dir / "inputs.json").write_text(json.dumps(as_text))
+        return
+    # each phase runs in its own process: Linux carries ru_maxrss across fork+exec, so making the
+    # inputs in this process would inflate the build's figure
+    common = [
+        "--n-stars",
+        str(args.n_stars),
+        "--workdir",
+        str(args.workdir),
+        "--n-xp-files",
+        str(args.n_xp_files),
+    ]
+    if not (inputs_dir / "inputs.json").exists():
+        subprocess.run([sys.executable, __file__, "--make-only", *common], check=True)
     completed = subprocess.run(
         [
             sys.executable,
