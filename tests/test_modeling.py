@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import random_batch, tiny_config
 
+from conftest import random_batch, tiny_config
 from modeling_astro import AstroForObservationPrediction, AstroModel
 
 
@@ -131,7 +131,8 @@ def test_bare_model_returns_encoder_states_without_requests(config):
         (lambda b: b.update(request_ids=b["request_ids"][:2]), "request_ids"),
         (lambda b: b["attention_mask"].__setitem__(1, 0), "no observation"),
         (lambda b: b["input_values"].__setitem__((0, 0), float("nan")), "NaN"),
-        (lambda b: b.update({k: b[k].repeat(1, 4) for k in ("input_ids", "input_values", "attention_mask")}), "context"),
+        (lambda b: b.update({k: b[k].repeat(1, 4) for k in ("input_ids", "input_values", "attention_mask")}),
+         "context"),
     ],
 )
 def test_bad_input_gives_a_clear_error(config, corrupt, message):

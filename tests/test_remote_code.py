@@ -6,8 +6,8 @@ import sys
 import textwrap
 
 import torch
-from conftest import random_batch, tiny_config
 
+from conftest import random_batch, tiny_config
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 
 FRESH_PROCESS = textwrap.dedent(
