@@ -238,6 +238,26 @@ class AstroPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def add_observations(self, names: list[str]) -> list[int]:
+        """
+        Append new observation names (e.g. a label from another survey) to the vocabulary: the value embedding
+        grows by one row per name (new rows initialised as at construction), every existing weight is kept.
+        Returns the new token ids; add the same names to the tokenizer with `AstroTokenizer.add_observations`.
+        """
+        duplicates = [name for name in names if name in self.config.observation_names]
+        if duplicates or len(set(names)) != len(names):
+            raise ValueError(f"Observation names already in the vocabulary or repeated: {duplicates or names}.")
+        embeddings = self.get_input_embeddings()
+        first_new = embeddings.weight.shape[0]
+        new_rows = torch.empty(len(names), embeddings.weight.shape[1], dtype=embeddings.weight.dtype)
+        with torch.no_grad():
+            for attribute in ("weight", "bias"):
+                init.xavier_uniform_(new_rows)
+                grown = torch.cat([getattr(embeddings, attribute), new_rows.to(embeddings.weight.device)])
+                setattr(embeddings, attribute, nn.Parameter(grown))
+        self.config.observation_names = [*self.config.observation_names, *names]
+        return list(range(first_new, first_new + len(names)))
+
     def _validate_inputs(
         self,
         input_ids: torch.Tensor,

@@ -189,3 +189,22 @@ def test_bf16_save_and_load_round_trip(tmp_path, config):
     with torch.no_grad():
         a, b = model(**batch), loaded(**batch)
     assert torch.equal(a.mean, b.mean) and a.mean.dtype == torch.bfloat16
+
+
+def test_add_observations_grows_the_embedding_and_keeps_weights(config):
+    model = _model(config)
+    batch = random_batch(config)
+    with torch.no_grad():
+        before = model(**batch)
+    old_rows = model.get_input_embeddings().weight.detach().clone()
+    (new_id,) = model.add_observations(["ca_h"])
+    assert new_id == old_rows.shape[0] and model.config.observation_names[-1] == "ca_h"
+    assert model.config.vocab_size == old_rows.shape[0] + 1
+    assert torch.equal(model.get_input_embeddings().weight[:-1], old_rows)
+    with torch.no_grad():
+        after = model(**batch)
+        new = model(**{**batch, "request_ids": torch.full_like(batch["request_ids"], new_id)})
+    torch.testing.assert_close(before.mean, after.mean, rtol=0, atol=0)
+    assert torch.isfinite(new.mean).all()
+    with pytest.raises(ValueError, match="already"):
+        model.add_observations(["ca_h"])
