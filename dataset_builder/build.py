@@ -386,6 +386,9 @@ def build_dataset(
         card = render_card(
             features=features,
             rows_per_split=rows_per_split,
+            bytes_per_split={
+                split: sum(f.stat().st_size for f in data_dir.glob(f"{split}-*.parquet")) for split in SPLITS
+            },
             removed_per_cut=removed,
             input_rows=input_rows,
             inputs=[(path.name, sha) for path, sha in inputs],

@@ -16,7 +16,9 @@ from .features import (
 from .schema import COLUMN_DESCRIPTIONS, SPLITS
 
 
-def _yaml_header(features: datasets.Features, rows_per_split: dict[str, int]) -> str:
+def _yaml_header(
+    features: datasets.Features, rows_per_split: dict[str, int], bytes_per_split: dict[str, int]
+) -> str:
     present = [split for split in SPLITS if rows_per_split.get(split, 0) > 0]
     header = {
         "configs": [
@@ -27,7 +29,14 @@ def _yaml_header(features: datasets.Features, rows_per_split: dict[str, int]) ->
         ],
         "dataset_info": {
             "features": [{"name": name, "dtype": feature.dtype} for name, feature in features.items()],
-            "splits": [{"name": split, "num_examples": rows_per_split[split]} for split in present],
+            "splits": [
+                {"name": split, "num_bytes": bytes_per_split[split], "num_examples": rows_per_split[split]}
+                for split in present
+            ],
+            # `datasets` caches a local folder under its name + a hash of this header (not of the
+            # files); counts and sizes here make a stale cache after a rebuild less likely, not impossible
+            "download_size": sum(bytes_per_split.values()),
+            "dataset_size": sum(bytes_per_split.values()),
         },
     }
     return yaml.safe_dump(header, sort_keys=False)
@@ -36,13 +45,17 @@ def _yaml_header(features: datasets.Features, rows_per_split: dict[str, int]) ->
 def render_card(
     features: datasets.Features,
     rows_per_split: dict[str, int],
+    bytes_per_split: dict[str, int],
     removed_per_cut: dict[str, int],
     input_rows: dict[str, int],
     inputs: Sequence[tuple[str, str]],
     split_fractions: tuple[float, float, float],
 ) -> str:
-    """Markdown dataset card with no wall-clock content, so identical inputs give an identical card."""
-    lines = ["---", _yaml_header(features, rows_per_split).rstrip(), "---", ""]
+    """Markdown dataset card with no wall-clock content, so identical inputs give an identical card.
+
+    ``bytes_per_split`` is the total size of each split's parquet files (YAML ``num_bytes``).
+    """
+    lines = ["---", _yaml_header(features, rows_per_split, bytes_per_split).rstrip(), "---", ""]
     lines += [
         "# Gaia XP x 2MASS x APOGEE DR17 dataset for the Leung & Bovy (2024) stellar foundation model",
         "",
