@@ -152,4 +152,4 @@ class AstroConfig(PreTrainedConfig):
         return cls(**defaults)
 
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES"]
+__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import datasets
 
-XP_LENGTH = 55
+from configuration_astro import DEFAULT_OBSERVATION_NAMES, XP_COEFFICIENTS_PER_BAND
+
+XP_LENGTH = XP_COEFFICIENTS_PER_BAND
 """Number of Gaia DR3 XP basis coefficients per band."""
 
-XP_NAMES: tuple[str, ...] = tuple(f"bp{i}" for i in range(XP_LENGTH)) + tuple(
-    f"rp{i}" for i in range(XP_LENGTH)
-)
-OBSERVATION_NAMES: tuple[str, ...] = XP_NAMES + (
-    "bprp",
-    "jh",
-    "jk",
-    "teff",
-    "logg",
-    "m_h",
-    "logebv",
-    "g_fakemag",
-)
-"""The observation vocabulary, in token order (token id = position + 1; 0 is padding)."""
+OBSERVATION_NAMES: tuple[str, ...] = DEFAULT_OBSERVATION_NAMES
+"""The observation vocabulary, in token order (token id = position + 1; 0 is padding): the model's own."""
+XP_NAMES: tuple[str, ...] = OBSERVATION_NAMES[: 2 * XP_LENGTH]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
