@@ -1,0 +1,441 @@
+"""Fast batched inference with an Astro model: predictions in physical units, embeddings and streaming.
+
+[`AstroPredictor`] is the one inference path that evaluation, the science tasks and the catalogue command use.
+What makes it fast (see `benchmarks/`): every requested observation is decoded in one pass, so the
+keys/values of the encoder states are projected once per star and decoder block for all requests; stars are
+sorted by their number of observations inside a chunk and every batch is padded only to its longest star; the
+data is tokenised and moved to the device once per chunk, results come back once per chunk; everything runs
+under `torch.inference_mode`, with optional bf16 autocast (`dtype=torch.bfloat16`) and `torch.compile`.
+"""
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .feature_extraction_astro import AstroTokenizer, _column_names
+
+SIGMA_SUFFIX = "_sigma"
+#: Stars tokenised (and moved to the device) at once, in units of the batch size: larger chunks pad less.
+CHUNK_BATCHES = 16
+#: Inputs with more stars than this many batches show a progress bar when `progress=None`.
+PROGRESS_MIN_BATCHES = 20
+
+
+@dataclass
+class AstroAttentions:
+    r"""
+    Attention weights returned by [`AstroPredictor.predict`] with `output_attentions=True`.
+
+    Every star is padded to the longest star of the whole input, `L` observations. Key positions `0 .. L-1`
+    are the star's input observations in the order of `input_ids` (padding keys have weight 0); when the model
+    has learned bias keys (`config.attention_bias_kv`) the last key position `L` is that bias key. Rows of
+    stars without any usable observation are NaN.
+
+    Args:
+        input_ids (`np.ndarray` of shape `(num_stars, L)`):
+            Token id of the observation at each key position (0 = padding); names are
+            `tokenizer.observation_names[id - 1]`.
+        encoder (`list[np.ndarray]`):
+            Per encoder block, weights `(num_stars, num_heads, L, num_keys)`; query = input observation.
+        cross (`list[np.ndarray]`):
+            Per decoder block, weights `(num_stars, num_heads, num_requests, num_keys)`; query = request.
+    """
+
+    input_ids: np.ndarray
+    encoder: list[np.ndarray]
+    cross: list[np.ndarray]
+
+
+class _Rows:
+    """Row slicing of a dict of arrays, a pandas DataFrame, an astropy Table or a `datasets` Dataset/batch."""
+
+    def __init__(self, data: Any):
+        if hasattr(data, "with_format") and hasattr(data, "column_names"):  # datasets.Dataset
+            data = data.with_format("numpy")
+        elif isinstance(data, Mapping) and not hasattr(
+            data, "colnames"
+        ):  # dict of arrays / lists, datasets batch
+            data = {str(key): np.asarray(value) for key, value in data.items()}
+        self.data = data
+        self.columns = _column_names(data)
+        if hasattr(data, "__len__") and not isinstance(data, Mapping):
+            self.num_rows = len(data)
+        else:
+            lengths = {len(value) for value in data.values()}
+            if len(lengths) > 1:
+                raise ValueError(f"The columns of the input have different lengths {sorted(lengths)}.")
+            self.num_rows = lengths.pop() if lengths else 0
+
+    def slice(self, start: int, stop: int) -> Any:
+        if isinstance(self.data, pd.DataFrame):
+            return self.data.iloc[start:stop]
+        if isinstance(self.data, Mapping):
+            return {key: value[start:stop] for key, value in self.data.items()}
+        return self.data[start:stop]  # astropy Table, numpy-formatted datasets.Dataset
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise KeyError(
+                f"Column {name!r} (in `keep_columns`) is not in the input; it has {self.columns[:10]}."
+            )
+        column = self.data[name]
+        return column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
+
+
+class AstroPredictor:
+    r"""
+    Batched inference with an [`AstroForObservationPrediction`] and its [`AstroTokenizer`].
+
+    Args:
+        model: the model (put in eval mode and moved to `device`).
+        tokenizer: the tokenizer saved with the model.
+        device: where to run; defaults to CUDA when available, else CPU.
+        batch_size: stars per forward pass (with `n_samples > 0`, stars x samples per pass).
+        dtype: `torch.bfloat16` runs the model under bf16 autocast (faster on CPUs with AVX512-BF16 and on
+            GPUs; predictions are returned in float32); `None` or `torch.float32` runs in float32.
+        compile: wrap the forward pass in `torch.compile(dynamic=True)`.
+
+    Example:
+
+    ```python
+    >>> predictor = AstroPredictor.from_pretrained("path/to/checkpoint", dtype=torch.bfloat16)
+    >>> table = predictor.predict(stars, request=["teff", "logg", "m_h"])  # columns teff, teff_sigma, ...
+    >>> vectors = predictor.embed(stars)  # (num_stars, hidden_size)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: AstroTokenizer,
+        device: str | torch.device | None = None,
+        batch_size: int = 1024,
+        dtype: torch.dtype | None = None,
+        compile: bool = False,
+    ):
+        if not (hasattr(model, "astro") and hasattr(model, "head")):
+            raise TypeError(
+                f"AstroPredictor needs an AstroForObservationPrediction (with a prediction head), got "
+                f"{type(model).__name__}; load it with AutoModelForPreTraining."
+            )
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}."
+            )
+        tokenizer.check_vocabulary(model.config.observation_names)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.dtype = dtype if dtype not in (None, torch.float32) else None
+        self._forward = torch.compile(self._forward_batch, dynamic=True) if compile else self._forward_batch
+
+    @classmethod
+    def from_pretrained(cls, path: str, trust_remote_code: bool = True, **kwargs) -> "AstroPredictor":
+        """Load the model (`AutoModelForPreTraining`) and tokenizer (`AutoFeatureExtractor`) from `path`."""
+        from transformers import AutoFeatureExtractor, AutoModelForPreTraining
+
+        model = AutoModelForPreTraining.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoFeatureExtractor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ model passes
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _forward_batch(
+        self,
+        input_ids: torch.Tensor,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor,
+        request_ids: torch.Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, tuple, tuple]:
+        """Encoder once, then all requests in one decoder pass (keys/values projected once per block)."""
+        with self._autocast():
+            encoder_states, encoder_attentions = self.model.astro.encode(
+                input_ids, input_values, attention_mask, output_attentions
+            )
+            if request_ids is None:
+                return None, None, encoder_states.float(), encoder_attentions, ()
+            decoder_states, cross_attentions = self.model.astro.decode(
+                request_ids.expand(input_ids.shape[0], -1), encoder_states, attention_mask, output_attentions
+            )
+            mean, logvar = self.model.head(decoder_states)
+        return mean.float(), logvar.float(), encoder_states, encoder_attentions, cross_attentions
+
+    def _batches(
+        self, rows: _Rows, errors: _Rows | None, stars_per_batch: int, progress: bool | None
+    ) -> Iterator[tuple[int, np.ndarray, dict[str, torch.Tensor]]]:
+        """
+        Yield `(chunk_start, star_indices_in_chunk, tensors)` per batch: stars tokenised a chunk at a time,
+        sorted by number of observations and cut to the longest star of each batch. Stars without observations
+        are skipped.
+        """
+        chunk_rows = CHUNK_BATCHES * stars_per_batch
+        show = rows.num_rows > PROGRESS_MIN_BATCHES * stars_per_batch if progress is None else progress
+        with tqdm(total=rows.num_rows, unit="star", disable=not show, smoothing=0.1) as bar:
+            for start in range(0, rows.num_rows, chunk_rows):
+                stop = min(start + chunk_rows, rows.num_rows)
+                features = self.tokenizer(
+                    rows.slice(start, stop),
+                    errors=None if errors is None else errors.slice(start, stop),
+                    truncation=True,
+                    return_tensors="pt",
+                )
+                lengths = features["attention_mask"].sum(dim=1).numpy()
+                order = np.argsort(lengths, kind="stable")
+                order = order[lengths[order] > 0]
+                on_device = {key: value.to(self.device, non_blocking=True) for key, value in features.items()}
+                for first in range(0, len(order), stars_per_batch):
+                    stars = order[first : first + stars_per_batch]
+                    length = int(lengths[stars[-1]])
+                    index = torch.from_numpy(stars).to(self.device)
+                    yield start, stars, {key: value[index, :length] for key, value in on_device.items()}
+                    bar.update(len(stars))
+                bar.update(stop - start - len(order))
+
+    # ------------------------------------------------------------------ public API
+    @torch.inference_mode()
+    def predict(
+        self,
+        data: Any,
+        request: Sequence[str],
+        errors: Mapping[str, Any] | None = None,
+        n_samples: int = 0,
+        seed: int = 0,
+        output_attentions: bool = False,
+        progress: bool | None = None,
+        keep_columns: Sequence[str] = (),
+    ) -> pd.DataFrame | tuple[pd.DataFrame, AstroAttentions]:
+        r"""
+        Predict the requested observations of every star, in physical units.
+
+        Args:
+            data: the stars' observations in physical units, one column per observation name (1-sigma errors
+                in `<name>_err` columns): a dict of arrays, a pandas DataFrame, an astropy Table, a `datasets`
+                Dataset or batch. Missing values (NaN) are simply not given to the model.
+            request: observation names to predict, e.g. `["teff", "logg", "m_h"]`; an unknown name raises
+                `ObservationNameError` with suggestions.
+            errors: 1-sigma errors per observation name (same rows as `data`), overriding `<name>_err`.
+            n_samples: if > 0, propagate the input errors by Monte Carlo: each star is predicted `n_samples`
+                times with inputs drawn from N(value, error); the value is the mean of the sampled predictions
+                and the sigma `sqrt(mean model variance + variance of the sampled means)`.
+            seed: seed of the Monte-Carlo draws.
+            output_attentions: also return the attention weights, as `(table, AstroAttentions)` (eager
+                attention, slower and memory-hungry: use on small inputs).
+            progress: show a tqdm bar (`None`: only for inputs of more than 20 batches).
+            keep_columns: input columns copied unchanged (e.g. `source_id`) to the front of the table.
+
+        Returns:
+            `pandas.DataFrame` with one row per input star, in input order, and columns `<name>` and
+            `<name>_sigma` for every requested name. Stars without any usable observation get NaN (with one
+            warning).
+        """
+        rows = _Rows(data)
+        if rows.num_rows == 0:
+            raise ValueError("The input holds no star (0 rows): pass at least one star to predict.")
+        request = list(request)
+        request_ids = self.tokenizer.encode_requests(request).to(self.device)
+        if n_samples < 0:
+            raise ValueError(f"`n_samples` must be >= 0, got {n_samples}.")
+        if n_samples and output_attentions:
+            raise ValueError("`output_attentions=True` is not supported with `n_samples > 0`; pick one.")
+        kept = {name: rows.column(name) for name in keep_columns}
+        error_rows = None if errors is None else _Rows(errors)
+        if error_rows is not None and error_rows.num_rows != rows.num_rows:
+            raise ValueError(f"`errors` has {error_rows.num_rows} rows but `data` has {rows.num_rows}.")
+
+        num_requests = len(request)
+        samples = max(n_samples, 1)
+        stars_per_batch = max(1, self.batch_size // samples)
+        generator = torch.Generator(self.device).manual_seed(seed) if n_samples else None
+        mean = np.full((rows.num_rows, num_requests), np.nan, dtype=np.float32)
+        logvar = np.full((rows.num_rows, num_requests), np.nan, dtype=np.float32)
+        attention_batches = []
+        chunk_start, chunk_index, chunk_mean, chunk_logvar = None, [], [], []
+
+        def flush() -> None:
+            if chunk_index:
+                index = chunk_start + np.concatenate(chunk_index)
+                mean[index] = torch.cat(chunk_mean).cpu().numpy()
+                logvar[index] = torch.cat(chunk_logvar).cpu().numpy()
+            chunk_index.clear(), chunk_mean.clear(), chunk_logvar.clear()
+
+        for start, stars, batch in self._batches(rows, error_rows, stars_per_batch, progress):
+            if start != chunk_start:
+                flush()
+                chunk_start = start
+            if n_samples:
+                batch_mean, batch_logvar = self._sampled_batch(batch, request_ids, n_samples, generator)
+            else:
+                batch_mean, batch_logvar, _, encoder_att, cross_att = self._forward(
+                    batch["input_ids"],
+                    batch["input_values"],
+                    batch["attention_mask"],
+                    request_ids,
+                    output_attentions,
+                )
+                if output_attentions:
+                    attention_batches.append((start + stars, batch["input_ids"], encoder_att, cross_att))
+            chunk_index.append(stars)
+            chunk_mean.append(batch_mean)
+            chunk_logvar.append(batch_logvar)
+        flush()
+
+        self._warn_empty_stars(mean[:, 0])
+        value, sigma = self.tokenizer.inverse_transform(mean, logvar, request_ids.cpu().numpy()[None, :])
+        columns = dict(kept)
+        for i, name in enumerate(request):
+            columns[name] = value[:, i].astype(np.float32)
+            columns[name + SIGMA_SUFFIX] = sigma[:, i].astype(np.float32)
+        table = pd.DataFrame(columns)
+        if output_attentions:
+            return table, self._gather_attentions(attention_batches, rows.num_rows, num_requests)
+        return table
+
+    def _sampled_batch(
+        self,
+        batch: dict[str, torch.Tensor],
+        request_ids: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Monte-Carlo propagation of the input errors: mean and log total variance over `n_samples` draws."""
+        values, errors, mask = batch["input_values"], batch["input_errors"], batch["attention_mask"]
+        noise = torch.randn(
+            (n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype
+        )
+        sampled = (values + noise * errors * mask).flatten(0, 1)
+        repeat = (n_samples, 1)
+        mean, logvar, *_ = self._forward(
+            batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids
+        )
+        mean = mean.view(n_samples, *values.shape[:1], -1)
+        variance = logvar.view_as(mean).exp().mean(dim=0)
+        spread = mean.var(dim=0, correction=1) if n_samples > 1 else torch.zeros_like(variance)
+        return mean.mean(dim=0), torch.log(variance + spread)
+
+    @staticmethod
+    def _warn_empty_stars(first_output: np.ndarray) -> None:
+        empty = np.flatnonzero(np.isnan(first_output))
+        if empty.size:
+            warnings.warn(
+                f"{empty.size} star(s) (first at row {empty[0]}) have no usable observation (all missing or "
+                "not in the vocabulary): their outputs are NaN.",
+                stacklevel=4,  # _warn_empty_stars <- predict/embed <- inference_mode wrapper <- caller
+            )
+
+    def _gather_attentions(self, batches: list, num_stars: int, num_requests: int) -> AstroAttentions:
+        """Scatter per-batch attention weights into arrays padded to the longest star (bias key kept last)."""
+        longest = max((ids.shape[1] for _, ids, _, _ in batches), default=0)
+        extra_keys = int(self.model.config.attention_bias_kv)
+        input_ids = np.zeros((num_stars, longest), dtype=np.int64)
+        encoder, cross = [], []
+        for layer in range(len(batches[0][2]) if batches else 0):
+            heads = batches[0][2][layer].shape[1]
+            encoder.append(
+                np.full((num_stars, heads, longest, longest + extra_keys), np.nan, dtype=np.float32)
+            )
+        for layer in range(len(batches[0][3]) if batches else 0):
+            heads = batches[0][3][layer].shape[1]
+            cross.append(
+                np.full((num_stars, heads, num_requests, longest + extra_keys), np.nan, dtype=np.float32)
+            )
+        for stars, ids, encoder_att, cross_att in batches:
+            length = ids.shape[1]
+            input_ids[stars, :length] = ids.cpu().numpy()
+            for target, weights in zip(encoder, encoder_att):
+                weights = weights.float().cpu().numpy()
+                target[stars, :, length:, :] = 0.0
+                target[stars, :, :length, :] = 0.0
+                target[stars, :, :length, :length] = weights[..., :length]
+                target[stars, :, :length, longest:] = weights[..., length:]
+            for target, weights in zip(cross, cross_att):
+                weights = weights.float().cpu().numpy()
+                target[stars, :, :, :] = 0.0
+                target[stars, :, :, :length] = weights[..., :length]
+                target[stars, :, :, longest:] = weights[..., length:]
+        return AstroAttentions(input_ids=input_ids, encoder=encoder, cross=cross)
+
+    @torch.inference_mode()
+    def embed(
+        self,
+        data: Any,
+        pooling: str = "mean",
+        errors: Mapping[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """
+        Per-star embeddings `(num_stars, hidden_size)`: the encoder states pooled over each star's real
+        observations (`pooling="mean"` or `"max"`), in input order. Stars without any usable observation get
+        NaN rows.
+        """
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"`pooling` must be 'mean' or 'max', got {pooling!r}.")
+        rows = _Rows(data)
+        if rows.num_rows == 0:
+            raise ValueError("The input holds no star (0 rows): pass at least one star to embed.")
+        vectors = np.full((rows.num_rows, self.model.config.hidden_size), np.nan, dtype=np.float32)
+        error_rows = None if errors is None else _Rows(errors)
+        for start, stars, batch in self._batches(rows, error_rows, self.batch_size, progress):
+            *_, states, _, _ = self._forward(
+                batch["input_ids"], batch["input_values"], batch["attention_mask"], None
+            )
+            mask = batch["attention_mask"].bool().unsqueeze(-1)
+            if pooling == "mean":
+                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
+            else:
+                pooled = states.masked_fill(~mask, -math.inf).amax(dim=1)
+            vectors[start + stars] = pooled.cpu().numpy()
+        self._warn_empty_stars(vectors[:, 0])
+        return vectors
+
+    def predict_stream(
+        self,
+        dataset: Any,
+        request: Sequence[str],
+        rows_per_chunk: int = 65536,
+        n_samples: int = 0,
+        seed: int = 0,
+        keep_columns: Sequence[str] = (),
+        progress: bool | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """
+        Predict a `datasets.Dataset` or `IterableDataset` (e.g. `load_dataset(..., streaming=True)`) that need
+        not fit in memory: yields one table per `rows_per_chunk` stars, as [`predict`] would return it
+        (indexed by the stars' positions in the dataset, so `pd.concat` of the chunks equals `predict` on the
+        whole dataset when `n_samples == 0`). Chunk `k` uses the Monte-Carlo seed `seed + k`.
+        """
+        total = len(dataset) if hasattr(dataset, "__len__") else None
+        show = (total is None or total > rows_per_chunk) if progress is None else progress
+        offset = 0
+        with tqdm(total=total, unit="star", disable=not show, smoothing=0.1) as bar:
+            for k, batch in enumerate(dataset.with_format("numpy").iter(batch_size=rows_per_chunk)):
+                table = self.predict(
+                    batch,
+                    request,
+                    n_samples=n_samples,
+                    seed=seed + k,
+                    progress=False,
+                    keep_columns=keep_columns,
+                )
+                table.index = pd.RangeIndex(offset, offset + len(table))
+                offset += len(table)
+                bar.update(len(table))
+                yield table
+
+
+__all__ = ["AstroAttentions", "AstroPredictor"]

@@ -1,0 +1,184 @@
+"""Tests of the batched predictor `AstroPredictor` (modeling_astro/inference.py)."""
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from astropy.table import Table
+
+from conftest import tiny_config
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer, ObservationNameError
+from modeling_astro.inference import AstroPredictor
+
+NAMES = ["bp0", "bp1", "rp0", "rp1", "bprp", "jh", "jk", "teff", "logg", "m_h", "logebv", "g_fakemag"]
+REQUEST = ["teff", "logg", "m_h"]
+
+
+def make_stars(num_stars: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
+    """Physical-looking observations, ~40% missing, star 3 with nothing, `source_id`s beyond 2**53."""
+    rng = np.random.default_rng(seed)
+    data = {name: rng.normal(1.0, 2.0, num_stars) for name in NAMES}
+    data["teff"] = rng.normal(5000.0, 700.0, num_stars)
+    for name in NAMES:
+        data[name][rng.random(num_stars) < 0.4] = np.nan
+        data[name + "_err"] = np.abs(rng.normal(0.0, 0.3, num_stars))
+    data["teff_err"] = np.full(num_stars, 100.0)
+    for name in NAMES:
+        data[name][3] = np.nan
+    data["source_id"] = np.arange(num_stars, dtype=np.int64) + 2**60
+    return data
+
+
+@pytest.fixture(scope="module")
+def predictor() -> AstroPredictor:
+    torch.manual_seed(0)
+    config = tiny_config(context_length=len(NAMES), encoder_dropout=0.0, decoder_dropout=0.0)
+    model = AstroForObservationPrediction(config)
+    tokenizer = AstroTokenizer().fit({"teff": np.array([4000.0, 5000.0, 6000.0, 5500.0])}, ["teff"])
+    return AstroPredictor(model, tokenizer, device="cpu", batch_size=8)
+
+
+def reference_predictions(predictor: AstroPredictor, data: dict, request: list[str]) -> np.ndarray:
+    """One star at a time through `model.forward`, to compare the fast path against."""
+    rows = []
+    request_ids = predictor.tokenizer.encode_requests(request, batch_size=1)
+    for i in range(len(data["source_id"])):
+        star = {key: value[i : i + 1] for key, value in data.items() if key != "source_id"}
+        inputs = predictor.tokenizer(star, return_tensors="pt")
+        if inputs["attention_mask"].sum() == 0:
+            rows.append(np.full(2 * len(request), np.nan))
+            continue
+        inputs.pop("input_errors")
+        with torch.no_grad():
+            out = predictor.model(**inputs, request_ids=request_ids)
+        value, sigma = predictor.tokenizer.inverse_transform(out.mean, out.logvar, request_ids)
+        rows.append(torch.stack([value[0], sigma[0]], dim=1).flatten().numpy())
+    return np.array(rows)
+
+
+def test_matches_model_forward_and_batch_size_does_not_matter(predictor):
+    data = make_stars()
+    with pytest.warns(UserWarning, match="1 star"):
+        table = predictor.predict(data, REQUEST)
+    assert list(table.columns) == ["teff", "teff_sigma", "logg", "logg_sigma", "m_h", "m_h_sigma"]
+    assert len(table) == 40 and table.iloc[3].isna().all() and not table.drop(index=3).isna().any().any()
+    np.testing.assert_allclose(
+        table.to_numpy(), reference_predictions(predictor, data, REQUEST), rtol=1e-4, atol=1e-5
+    )
+    big = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", batch_size=1000)
+    with pytest.warns(UserWarning):
+        np.testing.assert_allclose(
+            big.predict(data, REQUEST).to_numpy(), table.to_numpy(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_input_containers_agree(predictor):
+    data = make_stars(seed=1)
+    with pytest.warns(UserWarning):
+        expected = predictor.predict(data, REQUEST, keep_columns=["source_id"])
+    assert expected["source_id"].dtype == np.int64
+    np.testing.assert_array_equal(expected["source_id"], data["source_id"])
+    for container in (
+        pd.DataFrame(data),
+        Table(data),
+        datasets.Dataset.from_dict(data),
+        datasets.Dataset.from_dict(data)[:],  # a `datasets` batch: dict of lists
+    ):
+        with pytest.warns(UserWarning):
+            table = predictor.predict(container, REQUEST, keep_columns=["source_id"])
+        pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-6)
+
+
+def test_streaming_equals_in_memory(predictor):
+    data = make_stars(num_stars=30, seed=2)
+    data["teff"][:] = 5000.0  # no empty star warning needed: every star has teff
+    expected = predictor.predict(data, REQUEST, keep_columns=["source_id"])
+    dataset = datasets.Dataset.from_dict(data)
+    for source in (dataset, dataset.to_iterable_dataset()):
+        chunks = list(predictor.predict_stream(source, REQUEST, rows_per_chunk=7, keep_columns=["source_id"]))
+        assert [len(chunk) for chunk in chunks] == [7, 7, 7, 7, 2]
+        pd.testing.assert_frame_equal(pd.concat(chunks), expected, check_exact=False, rtol=1e-6)
+
+
+def test_monte_carlo_propagation(predictor):
+    data = make_stars(num_stars=12, seed=3)
+    data["teff"][:] = 5000.0
+    plain = predictor.predict(data, REQUEST)
+    sampled = predictor.predict(data, REQUEST, n_samples=16, seed=5)
+    again = predictor.predict(data, REQUEST, n_samples=16, seed=5)
+    other_seed = predictor.predict(data, REQUEST, n_samples=16, seed=6)
+    pd.testing.assert_frame_equal(sampled, again)
+    assert not np.allclose(sampled.to_numpy(), other_seed.to_numpy())
+    sigmas = [f"{name}_sigma" for name in REQUEST]
+    # the MC spread adds to the model variance: sampled sigma >= sigma of the model at the sampled inputs
+    # (about the unperturbed one), and strictly larger somewhere since the inputs have non-zero errors.
+    assert (sampled[sigmas].to_numpy() > plain[sigmas].to_numpy() * 0.9).all()
+    assert (sampled[sigmas].to_numpy() > plain[sigmas].to_numpy()).any()
+    no_errors = predictor.predict(data, REQUEST, errors={name: np.zeros(12) for name in NAMES}, n_samples=4)
+    np.testing.assert_allclose(no_errors.to_numpy(), plain.to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs(predictor):
+    with pytest.raises(ValueError, match="no star"):
+        predictor.predict({"teff": np.array([])}, REQUEST)
+    with pytest.raises(ObservationNameError, match="Did you mean 'logg'"):
+        predictor.predict({"teff": np.array([5000.0])}, ["logq"])
+    with pytest.raises(ValueError, match="n_samples"):
+        predictor.predict({"teff": np.array([5000.0])}, REQUEST, n_samples=-1)
+    with pytest.warns(UserWarning, match="2 star"):
+        table = predictor.predict({"teff": np.array([np.nan, 5000.0, np.nan])}, REQUEST)
+    assert table.iloc[[0, 2]].isna().all().all() and table.iloc[1].notna().all()
+    with pytest.raises(TypeError, match="AutoModelForPreTraining"):
+        AstroPredictor(predictor.model.astro, predictor.tokenizer)
+
+
+def test_attentions_are_returned_per_star(predictor):
+    data = make_stars(num_stars=10, seed=4)
+    with pytest.warns(UserWarning):
+        table, attentions = predictor.predict(data, ["teff"], output_attentions=True)
+    longest = attentions.input_ids.shape[1]
+    assert [a.shape[1:] for a in attentions.encoder] == [(4, longest, longest + 1), (2, longest, longest + 1)]
+    assert [a.shape[1:] for a in attentions.cross] == [
+        (4, 1, longest + 1),
+        (2, 1, longest + 1),
+        (1, 1, longest + 1),
+    ]
+    star = 0
+    length = int((attentions.input_ids[star] > 0).sum())
+    cross = attentions.cross[0][star]
+    np.testing.assert_allclose(cross.sum(axis=-1), 1.0, rtol=1e-5)
+    assert (cross[..., length:longest] == 0).all()
+    inputs = predictor.tokenizer({k: v[:1] for k, v in data.items() if k != "source_id"}, return_tensors="pt")
+    np.testing.assert_array_equal(inputs["input_ids"][0].numpy(), attentions.input_ids[star, :length])
+    assert np.isnan(attentions.encoder[0][3]).all()
+
+
+def test_embed_is_masked_mean_of_encoder_states(predictor):
+    data = make_stars(num_stars=9, seed=5)
+    with pytest.warns(UserWarning):
+        vectors = predictor.embed(data)
+    assert vectors.shape == (9, predictor.model.config.hidden_size) and np.isnan(vectors[3]).all()
+    inputs = predictor.tokenizer({k: v[:1] for k, v in data.items() if k != "source_id"}, return_tensors="pt")
+    with torch.no_grad():
+        states, _ = predictor.model.astro.encode(
+            inputs["input_ids"], inputs["input_values"], inputs["attention_mask"]
+        )
+    np.testing.assert_allclose(vectors[0], states[0].mean(dim=0).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning):
+        maxed = predictor.embed(data, pooling="max")
+    np.testing.assert_allclose(maxed[0], states[0].amax(dim=0).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_close_to_float32_and_from_pretrained(predictor, tmp_path):
+    predictor.model.save_pretrained(tmp_path)
+    predictor.tokenizer.save_pretrained(tmp_path)
+    fast = AstroPredictor.from_pretrained(str(tmp_path), device="cpu", dtype=torch.bfloat16)
+    data = make_stars(num_stars=20, seed=6)
+    data["teff"][:] = 5000.0
+    expected = predictor.predict(data, REQUEST)
+    table = fast.predict(data, REQUEST)
+    assert table.dtypes.eq(np.float32).all()
+    for name in REQUEST:
+        difference = np.abs(table[name] - expected[name]) / expected[f"{name}_sigma"]
+        assert difference.max() < 0.05
