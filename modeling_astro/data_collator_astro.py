@@ -1,0 +1,212 @@
+"""Data collator of the Astro model: the paper's self-supervised sampling of inputs and targets, per batch."""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .feature_extraction_astro import ERROR_SUFFIX, AstroTokenizer
+
+DEFAULT_LABEL_NAMES = ("teff", "logg", "m_h")
+
+
+def _as_columns(data: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The columns `names` (those present) of a list of row dicts, a dict of arrays or a DataFrame, as float64."""
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        if not data:
+            raise ValueError("The batch is empty: pass at least one row.")
+        keys = data[0].keys()
+        return {name: np.array([row[name] for row in data], dtype=float) for name in names if name in keys}
+    keys = list(data.keys()) if hasattr(data, "keys") else list(data.columns)
+    columns = {}
+    for name in names:
+        if name in keys:
+            column = data[name]
+            column = column.to_numpy(dtype=float, na_value=np.nan) if hasattr(column, "to_numpy") else column
+            columns[name] = np.asarray(column, dtype=float)
+    return columns
+
+
+class AstroDataCollator:
+    r"""
+    Turns dataset rows into training batches with the self-supervised sampling of Leung & Bovy (2024), vectorised
+    over the batch. Per star: choose `num_targets` targets among its present observations (at least one
+    observation is left as input), shuffle the remaining present observations, keep up to `context_length` of them
+    and blank a random number `0..min(max_blanked, kept - 1)` of those, so that every star keeps at least one input.
+    A target is never an input of the same star; the model sees it only through its request id.
+
+    The paper draws one target per star and epoch; several targets per star and step (`num_targets > 1`) use the
+    same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards `label_names`
+    (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised.
+
+    Args:
+        tokenizer ([`AstroTokenizer`]): standardises values and errors and maps names to token ids.
+        num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get request id
+            0 and label `label_pad_value`, which the loss ignores.
+        context_length (`int`, *optional*): most inputs per star; defaults to the tokenizer's.
+        max_blanked (`int`, defaults to 59): most inputs blanked per star (the paper's 59 for a context of 64).
+        label_names (`Sequence[str]`, defaults to `("teff", "logg", "m_h")`): observations favoured as targets.
+        label_target_fraction (`float`, *optional*): probability that a star's first target is one of its present
+            `label_names` (later targets are drawn without replacement with the same per-star weights); `None`
+            draws targets uniformly, as the paper does.
+        label_pad_value (`float`, defaults to NaN): label of padding requests. Use `-100.0` with
+            `transformers.Trainer`, which counts the targets of a batch as `labels != -100` for `num_items_in_batch`.
+        seed (`int`, defaults to 0): seed of the collator's own `torch.Generator`; the same seed and the same
+            sequence of batches give the same samples. [`sample`] also accepts an explicit generator.
+
+    Example:
+
+    ```python
+    >>> collator = AstroDataCollator(tokenizer, num_targets=4, label_target_fraction=0.75, seed=0)
+    >>> batch = collator([dataset[i] for i in range(8)])  # keys as AstroForObservationPrediction.forward takes
+    >>> loss = model(**batch).loss
+    ```
+    """
+
+    def __init__(
+        self,
+        tokenizer: AstroTokenizer,
+        num_targets: int = 1,
+        context_length: int | None = None,
+        max_blanked: int = 59,
+        label_names: Sequence[str] = DEFAULT_LABEL_NAMES,
+        label_target_fraction: float | None = None,
+        label_pad_value: float = float("nan"),
+        seed: int = 0,
+    ):
+        if num_targets < 1:
+            raise ValueError(f"`num_targets` must be at least 1, got {num_targets}.")
+        if max_blanked < 0:
+            raise ValueError(f"`max_blanked` must be >= 0, got {max_blanked}.")
+        if label_target_fraction is not None and not 0.0 < label_target_fraction <= 1.0:
+            raise ValueError(
+                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got {label_target_fraction}."
+            )
+        self.tokenizer = tokenizer
+        self.num_targets = int(num_targets)
+        self.context_length = int(context_length or tokenizer.context_length)
+        self.max_blanked = int(max_blanked)
+        self.label_names = list(label_names)
+        self.label_target_fraction = label_target_fraction
+        self.label_pad_value = float(label_pad_value)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ state (for exact resumption)
+    def state_dict(self) -> dict[str, Any]:
+        """The state of the collator's generator (register the collator with `Accelerator.register_for_checkpointing`)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the generator state saved by [`state_dict`]."""
+        self.generator.set_state(state["generator"])
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Standardised values and errors of every vocabulary observation, shape `(num_stars, vocab_size - 1)` each:
+        column `i` is token id `i + 1`, NaN marks a missing value, a missing error is 0.
+
+        `data` is a list of dataset rows (dicts), a dict of columns or a pandas DataFrame, in physical units with
+        `<name>_err` error columns; vocabulary observations without a column are missing for every star.
+        """
+        names = self.tokenizer.observation_names
+        columns = _as_columns(data, [*names, *(name + ERROR_SUFFIX for name in names)])
+        if not any(name in columns for name in names):
+            raise ValueError(
+                f"The data has no column named after an observation of the vocabulary ({names[0]}, ..., "
+                f"{names[-1]}): pass rows with observation columns, in physical units."
+            )
+        num_stars = len(next(iter(columns.values())))
+        values = np.full((num_stars, len(names)), np.nan)
+        errors = np.zeros((num_stars, len(names)))
+        for index, name in enumerate(names):
+            if name in columns:
+                values[:, index] = columns[name]
+            if name + ERROR_SUFFIX in columns:
+                errors[:, index] = columns[name + ERROR_SUFFIX]
+        token_ids = np.arange(1, len(names) + 1)
+        values, errors = self.tokenizer.transform(values, token_ids, errors)
+        values[~np.isfinite(values)] = np.nan
+        errors = np.where(np.isfinite(errors), errors, 0.0)
+        return torch.from_numpy(values.astype(np.float32)), torch.from_numpy(errors.astype(np.float32))
+
+    # ------------------------------------------------------------------ sampling
+    def _target_keys(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Keys whose per-star descending order is a weighted draw without replacement (Efraimidis-Spirakis)."""
+        keys = torch.log(torch.rand(present.shape, generator=generator).clamp_min(1e-12))
+        if self.label_target_fraction is not None:
+            is_label = torch.zeros(present.shape[1], dtype=torch.bool)
+            for name in self.label_names:
+                is_label[self.tokenizer.token_id(name) - 1] = True
+            labels = present & is_label
+            num_labels = labels.sum(dim=1, keepdim=True).clamp_min(1)
+            num_others = (present & ~is_label).sum(dim=1, keepdim=True).clamp_min(1)
+            fraction = self.label_target_fraction
+            weight = (
+                torch.full_like(keys, torch.inf)
+                if fraction == 1.0
+                else fraction / (1 - fraction) * (num_others / num_labels).expand_as(keys)
+            )
+            keys = torch.where(labels, keys / weight, keys)
+        return keys.masked_fill(~present, -torch.inf)
+
+    def sample(
+        self, values: torch.Tensor, errors: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """
+        Draw inputs and targets from encoded stars (see [`encode`]) with `generator` (default: the collator's).
+
+        Returns:
+            `dict` with `input_ids`, `input_values`, `attention_mask` (`(batch, longest input)`), `request_ids`,
+            `labels` and `label_errors` (`(batch, num_targets)`, standardised).
+        """
+        generator = self.generator if generator is None else generator
+        present = torch.isfinite(values)
+        num_present = present.sum(dim=1)
+        if (num_present == 0).any():
+            rows = (num_present == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the dataset."
+            )
+        batch_size = values.shape[0]
+        rows = torch.arange(batch_size)[:, None]
+
+        # Targets: the first `num_targets` of a weighted random order, leaving at least one input per star.
+        target_order = torch.argsort(self._target_keys(present, generator), dim=1, descending=True)
+        target_order = target_order[:, : self.num_targets]
+        num_chosen = torch.clamp(num_present - 1, max=self.num_targets)
+        is_target = torch.arange(target_order.shape[1])[None, :] < num_chosen[:, None]
+        request_ids = torch.where(is_target, target_order + 1, 0)
+        labels = torch.where(is_target, values[rows, target_order], self.label_pad_value)
+        label_errors = torch.where(is_target, errors[rows, target_order], 0.0)
+
+        # Inputs: the other present observations in random order, up to the context, minus a random number blanked.
+        candidates = present.clone()
+        candidates[rows.expand_as(target_order)[is_target], target_order[is_target]] = False
+        keys = torch.rand(values.shape, generator=generator).masked_fill(~candidates, 2.0)
+        input_order = torch.argsort(keys, dim=1)
+        kept = torch.clamp(candidates.sum(dim=1), max=self.context_length)
+        most_blanked = torch.clamp(kept - 1, max=self.max_blanked)
+        blanked = (torch.rand(batch_size, generator=generator) * (most_blanked + 1)).floor().long()
+        num_inputs = kept - blanked
+        width = int(num_inputs.max())
+        input_order = input_order[:, :width]
+        attention_mask = torch.arange(width)[None, :] < num_inputs[:, None]
+        return {
+            "input_ids": torch.where(attention_mask, input_order + 1, 0),
+            "input_values": torch.where(attention_mask, values[rows, input_order], 0.0),
+            "attention_mask": attention_mask.long(),
+            "request_ids": request_ids,
+            "labels": labels,
+            "label_errors": label_errors,
+        }
+
+    def __call__(self, rows: Any) -> dict[str, torch.Tensor]:
+        """Encode dataset rows (a list of dicts, as a `DataLoader` passes them) and sample a training batch."""
+        values, errors = self.encode(rows)
+        return self.sample(values, errors)
+
+
+__all__ = ["AstroDataCollator", "DEFAULT_LABEL_NAMES"]

@@ -1,0 +1,491 @@
+"""Train the Leung & Bovy (2024) transformer foundation model for stars with Accelerate.
+
+    python train.py                                    # embedded simulated survey, ~160k-parameter model, CPU
+    python train.py --dataset_dir my_dataset --output_dir my_model --max_steps 20000
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py   # two processes together
+    accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model on GPUs
+    python train.py --resume_from_checkpoint latest    # continue an interrupted run exactly where it stopped
+
+Every optimizer step draws `batch_size` training stars from a permutation seeded by (seed, epoch), splits them
+across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded by
+(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and dropout of
+an uninterrupted run. At the end the model, tokenizer and collator code are saved in `output_dir` with a model
+card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from configuration_astro import AstroConfig
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro.data_collator_astro import AstroDataCollator
+from modeling_astro.evaluation import EVALUATION_INPUTS, EVALUATION_LABELS, evaluate, format_table
+
+REPO_ROOT = Path(__file__).resolve().parent
+REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
+CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingInputError(ValueError):
+    """The dataset, the arguments or the checkpoint to resume from cannot be used; the message says why."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class DataArguments:
+    dataset_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset folder from `python -m dataset_builder build` (default: the embedded survey)."
+        },
+    )
+    max_train_stars: int | None = field(
+        default=None, metadata={"help": "Use only the first N training stars."}
+    )
+
+
+@dataclass
+class ModelArguments:
+    model_preset: str = field(
+        default="small", metadata={"help": "'small' (~160k parameters) or 'paper' (8.8M)."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Encoder and decoder dropout."})
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(
+        default="astro-small-simulated", metadata={"help": "Checkpoints and final model."}
+    )
+    seed: int = 42
+    max_steps: int = field(default=4000, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    restart_steps: int = field(default=4000, metadata={"help": "Steps of the first cosine cycle (T_0)."})
+    restart_mult: int = field(default=1, metadata={"help": "Growth factor of the cosine cycles (T_mult)."})
+    min_learning_rate: float = 1e-5
+    num_targets: int = field(default=4, metadata={"help": "Targets per star per step (the paper: 1)."})
+    label_target_fraction: float | None = field(
+        default=0.75,
+        metadata={"help": "Chance a star's first target is a label (teff/logg/m_h); None = uniform."},
+    )
+    mixed_precision: str = field(
+        default="no", metadata={"help": "'no', 'bf16' or 'fp16' (fp16 needs a GPU)."}
+    )
+    logging_steps: int = 50
+    eval_steps: int = 500
+    eval_stars: int = field(default=4096, metadata={"help": "Validation stars for the validation loss."})
+    save_steps: int = 1000
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first)."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder, to continue an interrupted run."}
+    )
+    do_eval: bool = field(
+        default=True, metadata={"help": "Evaluate against XGBoost on the test split at the end."}
+    )
+    push_to_hub: bool = False
+    hub_model_id: str | None = field(default=None, metadata={"help": "'user/name' of the Hub repository."})
+    hub_private_repo: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, "datasets.Dataset"]]:
+    """The dataset folder and its train/validation/test splits; the embedded simulated survey by default."""
+    if dataset_dir is None:
+        from dataset_builder.default_data import default_dataset
+
+        dataset_dir = str(default_dataset())
+    if not Path(dataset_dir, "README.md").is_file():
+        raise TrainingInputError(
+            f"{dataset_dir} is not a dataset folder (no README.md with the split configuration): build one with "
+            "`python -m dataset_builder build ...` or leave --dataset_dir unset for the embedded survey."
+        )
+    splits = datasets.load_dataset(dataset_dir)
+    for split in ("train", "validation", "test"):
+        if split not in splits:
+            raise TrainingInputError(f"Dataset {dataset_dir} has no {split!r} split; it has {list(splits)}.")
+        missing = [name for name in REQUIRED_COLUMNS if name not in splits[split].column_names]
+        if missing:
+            raise TrainingInputError(
+                f"The {split!r} split of {dataset_dir} lacks required column(s) {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}: train.py needs {len(REQUIRED_COLUMNS)} columns (source_id, "
+                "the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the labels teff, logg, m_h). Rebuild the "
+                "dataset with `python -m dataset_builder build`."
+            )
+    return dataset_dir, {split: splits[split] for split in ("train", "validation", "test")}
+
+
+def epoch_batch(step: int, num_stars: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Star indices of optimizer step `step`: consecutive slices of a permutation seeded by (seed, epoch)."""
+    steps_per_epoch = num_stars // batch_size
+    epoch, position = divmod(step, steps_per_epoch)
+    permutation = torch.randperm(num_stars, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return permutation[position * batch_size : (position + 1) * batch_size]
+
+
+def seed_for(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, step, micro-batch, process, ...)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: int) -> dict:
+    """What a resumed run must share with the checkpoint for the continuation to be exact."""
+    keys = (
+        "seed",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "weight_decay",
+        "restart_steps",
+        "restart_mult",
+        "min_learning_rate",
+        "num_targets",
+        "label_target_fraction",
+    )
+    model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
+    return {
+        "model": model,
+        "training": {k: getattr(args, k) for k in keys},
+        "num_train_stars": num_train_stars,
+    }
+
+
+def find_checkpoint(output_dir: Path, name: str) -> Path:
+    """The checkpoint folder meant by `--resume_from_checkpoint` ('latest' = highest step in output_dir)."""
+    if name != "latest":
+        if not Path(name, "training_state.json").is_file():
+            raise TrainingInputError(
+                f"{name} is not a checkpoint folder of train.py (no training_state.json)."
+            )
+        return Path(name)
+    found = sorted(
+        output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[1]),
+    )
+    if not found:
+        raise TrainingInputError(
+            f"--resume_from_checkpoint latest: no checkpoint in {output_dir / CHECKPOINTS}."
+        )
+    return found[-1].parent
+
+
+def check_resumable(checkpoint: Path, fingerprint: dict) -> int:
+    """The step of `checkpoint`; raises if it was written by a run with another model, data or schedule."""
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    saved = state["fingerprint"]
+    differences = [
+        f"{part}.{key}: checkpoint {saved[part].get(key)!r}, now {value!r}"
+        for part in ("model", "training")
+        for key, value in fingerprint[part].items()
+        if saved[part].get(key) != value
+    ]
+    if saved["num_train_stars"] != fingerprint["num_train_stars"]:
+        differences.append(
+            f"training stars: checkpoint {saved['num_train_stars']}, now {fingerprint['num_train_stars']}"
+        )
+    if differences:
+        raise TrainingInputError(
+            f"Cannot resume from {checkpoint}: it was written with a different configuration ("
+            + "; ".join(differences[:6])
+            + "). Resume with the arguments of that run, or train into a new --output_dir."
+        )
+    return int(state["step"])
+
+
+def save_checkpoint(
+    accelerator: Accelerator, output_dir: Path, step: int, fingerprint: dict, limit: int
+) -> None:
+    """`save_state` into a temporary folder renamed into place, then drop the oldest checkpoints beyond `limit`."""
+    final = output_dir / CHECKPOINTS / f"checkpoint-{step}"
+    temporary = output_dir / CHECKPOINTS / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    if accelerator.is_main_process:
+        (temporary / "training_state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        kept = sorted(final.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[: max(len(kept) - limit, 0)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def write_metrics(path: Path, records: list[dict]) -> None:
+    """Rewrite the metrics JSONL atomically (used when resuming, to drop steps after the checkpoint)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
+    os.replace(temporary, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics JSONL file (empty if it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@torch.no_grad()
+def validation_loss(model, collator, values, errors, batch_size: int, seed: int) -> float:
+    """Mean Gaussian NLL per target on validation stars, with masks fixed by `seed` (comparable across steps)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for start in range(0, len(values), batch_size):
+        batch = collator.sample(
+            values[start : start + batch_size], errors[start : start + batch_size], generator
+        )
+        valid = int((batch["request_ids"] != 0).sum())
+        total += float(model(**batch).loss) * valid
+        count += valid
+    model.train()
+    return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> Path:
+    """Train, save, evaluate and (optionally) push; returns the output folder."""
+    parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments))
+    data_args, model_args, args = parser.parse_args_into_dataclasses(args=argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
+    )
+    num_processes = accelerator.num_processes
+    micro_batches = num_processes * args.gradient_accumulation_steps
+    if args.batch_size % micro_batches:
+        raise TrainingInputError(
+            f"--batch_size {args.batch_size} must be a multiple of processes x gradient_accumulation_steps "
+            f"({num_processes} x {args.gradient_accumulation_steps})."
+        )
+    if args.push_to_hub and not args.hub_model_id:
+        raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
+    set_seed(args.seed)
+
+    # Data: the tokenizer is fitted on the training split; stars are encoded once into dense tensors.
+    dataset_dir, splits = load_splits(data_args.dataset_dir)
+    train_table = splits["train"].to_pandas()
+    if data_args.max_train_stars:
+        train_table = train_table.iloc[: data_args.max_train_stars]
+    if len(train_table) < args.batch_size:
+        raise TrainingInputError(
+            f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size})."
+        )
+    presets = {"small": AstroConfig.small, "paper": AstroConfig}
+    if model_args.model_preset not in presets:
+        raise TrainingInputError(
+            f"--model_preset must be one of {list(presets)}, got {model_args.model_preset!r}."
+        )
+    config = presets[model_args.model_preset](
+        encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
+    )
+    tokenizer = AstroTokenizer(
+        observation_names=config.observation_names, context_length=config.context_length
+    )
+    tokenizer.fit(train_table)
+    collator = AstroDataCollator(
+        tokenizer,
+        num_targets=args.num_targets,
+        label_target_fraction=args.label_target_fraction,
+        seed=args.seed,
+    )
+    train_values, train_errors = collator.encode(train_table)
+    val_values, val_errors = collator.encode(splits["validation"].to_pandas().iloc[: args.eval_stars])
+
+    # Model, optimizer, schedule.
+    model = AstroForObservationPrediction(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=args.restart_steps, T_mult=args.restart_mult, eta_min=args.min_learning_rate
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    fingerprint = run_fingerprint(config, args, len(train_table))
+
+    start_step = 0
+    metrics_path = output_dir / METRICS_FILE
+    if args.resume_from_checkpoint:
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        start_step = check_resumable(checkpoint, fingerprint)
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"Resumed from {checkpoint} at step {start_step}.")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= start_step])
+    accelerator.wait_for_everyone()
+
+    # Training loop.
+    rank, micro_size = accelerator.process_index, args.batch_size // micro_batches
+    model.train()
+    progress = tqdm(
+        range(start_step, args.max_steps),
+        initial=start_step,
+        total=args.max_steps,
+        desc="training",
+        disable=not accelerator.is_local_main_process,
+    )
+    started, window_start, window_stars = time.perf_counter(), time.perf_counter(), 0
+    for step in progress:
+        stars = epoch_batch(step, len(train_values), args.batch_size, args.seed)
+        batches = []
+        for micro in range(args.gradient_accumulation_steps):
+            first = (micro * num_processes + rank) * micro_size
+            index = stars[first : first + micro_size]
+            generator = torch.Generator().manual_seed(seed_for(args.seed, step, micro, rank))
+            batches.append(collator.sample(train_values[index], train_errors[index], generator))
+        # Exact mean over the step's valid targets, whatever the processes and accumulation (see the model's loss).
+        local_targets = sum(int((batch["request_ids"] != 0).sum()) for batch in batches)
+        num_targets = accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), "sum").item()
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro, batch in enumerate(batches):
+            torch.manual_seed(seed_for(args.seed, step, micro, rank, 1))  # dropout
+            with accelerator.accumulate(model), accelerator.autocast():
+                batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+                loss = model(**batch, num_items_in_batch=num_targets / micro_batches).loss
+                accelerator.backward(loss)
+                step_loss += loss.detach() / micro_batches
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+        scheduler.step()
+        step_loss = accelerator.reduce(step_loss, "sum").item()
+        window_stars += args.batch_size
+        if not math.isfinite(step_loss):
+            accelerator.end_training()
+            raise TrainingDivergedError(
+                f"The training loss became {step_loss} at step {step + 1} (learning rate {args.learning_rate}): "
+                f"lower --learning_rate or --max_grad_norm, or try --mixed_precision no. Checkpoints saved before "
+                f"step {step + 1} in {output_dir / CHECKPOINTS} are intact."
+            )
+        done = step + 1
+        if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == args.max_steps:
+            now = time.perf_counter()
+            record = {
+                "step": done,
+                "epoch": round(done * args.batch_size / len(train_values), 3),
+                "loss": step_loss,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "stars_per_s": round(window_stars / (now - window_start), 1),
+                "elapsed_s": round(now - started, 1),
+            }
+            if done % args.eval_steps == 0 or done == args.max_steps:
+                record["val_loss"] = validation_loss(
+                    accelerator.unwrap_model(model), collator, val_values, val_errors, 512, args.seed
+                )
+            window_start, window_stars = time.perf_counter(), 0
+            progress.set_postfix(
+                loss=f"{step_loss:.3f}",
+                **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
+            )
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if done % args.save_steps == 0:
+            save_checkpoint(accelerator, output_dir, done, fingerprint, args.save_total_limit)
+    progress.close()
+    accelerator.wait_for_everyone()
+
+    # Final model folder: model + tokenizer + collator code, evaluation and model card.
+    if accelerator.is_main_process:
+        save_final(accelerator.unwrap_model(model), tokenizer, output_dir, args, dataset_dir)
+        if args.do_eval:
+            results = evaluate(str(output_dir), dataset_dir, str(output_dir))
+            print(format_table(results))
+            write_model_card(output_dir, results, args, model_args, dataset_dir)
+        if args.push_to_hub:
+            url = push_to_hub(output_dir, args.hub_model_id, private=args.hub_private_repo)
+            print(f"Pushed to {url}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+def save_final(
+    model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, dataset_dir: str
+) -> None:
+    """Save model, tokenizer and the collator code in a temporary folder, then move each file into `output_dir`."""
+    temporary = output_dir / ".tmp-final"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    model.save_pretrained(temporary)
+    tokenizer.save_pretrained(temporary)
+    shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", temporary)
+    (temporary / "training_args.json").write_text(
+        json.dumps({**asdict(args), "dataset_dir": dataset_dir}, indent=1)
+    )
+    for path in temporary.iterdir():
+        os.replace(path, output_dir / path.name)
+    temporary.rmdir()
+
+
+def write_model_card(
+    output_dir: Path, results: dict, args: TrainArguments, model_args: ModelArguments, dataset_dir: str
+) -> None:
+    """Fill the `model_card.md` template of the repository into `output_dir/README.md`."""
+    from string import Template
+
+    template = Template((REPO_ROOT / "model_card.md").read_text())
+    config = AstroConfig.from_pretrained(output_dir)
+    card = template.substitute(
+        model_id=args.hub_model_id or output_dir.name,
+        dataset_name=Path(dataset_dir).name,
+        num_parameters=f"{AstroForObservationPrediction(config).num_parameters():,}",
+        model_preset=model_args.model_preset,
+        training_summary=(
+            f"{args.max_steps} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate}, "
+            f"weight decay {args.weight_decay}) with cosine warm restarts (T_0 {args.restart_steps}), "
+            f"{args.num_targets} targets per star per step, label target fraction "
+            f"{args.label_target_fraction}, seed {args.seed}"
+        ),
+        evaluation_table=format_table(results, markdown=True),
+    )
+    temporary = output_dir / "README.md.tmp"
+    temporary.write_text(card)
+    os.replace(temporary, output_dir / "README.md")
+
+
+def push_to_hub(output_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create the Hub repository if needed and upload the model folder (not the checkpoints); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        ignore_patterns=[f"{CHECKPOINTS}/**", ".tmp*", "*.tmp"],
+        commit_message="Upload Astro model trained with train.py",
+    )
+    return commit.commit_url
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (TrainingInputError, TrainingDivergedError) as error:
+        sys.exit(f"error: {error}")
