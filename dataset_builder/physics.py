@@ -35,7 +35,7 @@ _SPECLITE_NAMES = {
     "K": "twomass-Ks",
 }
 VEGA_MINUS_AB = {"G": -0.1136, "BP": -0.0155, "RP": -0.3561, "J": -0.91, "H": -1.39, "K": -1.85}
-"""Vega minus AB magnitude offsets: Gaia EDR3 zero points (Riello et al. 2021) and 2MASS (Blanton & Roweis 2007)."""
+"""Vega minus AB offsets: Gaia EDR3 zero points (Riello et al. 2021), 2MASS (Blanton & Roweis 2007)."""
 
 
 def wavelength_grid() -> np.ndarray:

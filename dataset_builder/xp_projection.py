@@ -33,7 +33,7 @@ _PRIOR_DECAY = {"bp": 10.0, "rp": 10.0}
 """e-folding (in basis index) of the prior scale of each coefficient relative to the 0th."""
 _MIN_RELATIVE_RESPONSE = 0.02
 _RIDGE_STRENGTH = 1e-8
-"""Ridge weight relative to the mean diagonal of the normal matrix; real coefficients round-trip to ~1 sigma."""
+"""Ridge weight relative to the mean diagonal of the normal matrix; real spectra round-trip to ~1 sigma."""
 
 
 def _check_gaiaxpy_version() -> None:
@@ -83,7 +83,7 @@ def band_design_matrix(band: str, step_nm: float = 1.0) -> tuple[np.ndarray, np.
 
 
 def _line_spread_matrix(target: np.ndarray, source: np.ndarray, resolving_power: float) -> np.ndarray:
-    """Row-normalised Gaussian LSF resampling a spectrum on ``source`` onto ``target`` (n_target, n_source)."""
+    """Row-normalised Gaussian LSF from grid ``source`` onto grid ``target``: (n_target, n_source)."""
     sigma = target[:, None] / (resolving_power * 2.3548)
     kernel = np.exp(-0.5 * ((source[None, :] - target[:, None]) / sigma) ** 2) * np.gradient(source)[None, :]
     return kernel / kernel.sum(axis=1, keepdims=True)
@@ -121,7 +121,7 @@ class XPProjector:
         return (solve @ lsf).T  # (n_fine, 55)
 
     def project(self, flux: np.ndarray) -> dict[str, np.ndarray]:
-        """XP coefficients of spectra ``flux`` (n, n_wavelength) [W m^-2 nm^-1]: {"bp": (n, 55), "rp": (n, 55)}."""
+        """XP coefficients of spectra ``flux`` (n, n_wavelength) [W m^-2 nm^-1]: {band: (n, 55)}."""
         flux = np.atleast_2d(flux)
         return {band: flux @ matrix for band, matrix in self.matrices.items()}
 
