@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 
 from dataset_builder import build_dataset, read_xp_continuous  # noqa: E402
 
-SAMPLES = Path("/work/shared/data/gaia_archive_samples/xp_continuous")
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "gaia_archive_samples" / "xp_continuous"
 BASE_FILES = ("XP_CONTINUOUS_RAW_with_missing_BP.csv", "XP_CONTINUOUS_RAW_colour_eq_dr3int6.csv")
 FIRST_SOURCE_ID = 1_000_000_000_000
 

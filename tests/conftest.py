@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny model configuration and random batches of stars."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import modeling_astro  # noqa: F401  (registers the Auto classes)
 from configuration_astro import AstroConfig
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The read-only real survey files and original checkpoint, in the `shared/` folder beside the checkout."""
 
 
 def tiny_config(**kwargs) -> AstroConfig:

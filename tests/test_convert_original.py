@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SHARED_DATA
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.convert_original import convert_original_checkpoint
 
-ORIGINAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "original_checkpoint" / "tiny_random"
+ORIGINAL = SHARED_DATA / "original_checkpoint" / "tiny_random"
 
 
 def _predict(model, tokenizer, input_names, input_values, request):

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from astropy.table import Table
 
+from conftest import SHARED_DATA
 from dataset_builder import DatasetBuildError, read_gaia_source, read_xp_continuous
 from dataset_builder import features as F
 
-SAMPLES = Path("/work/shared/data/gaia_archive_samples")
+SAMPLES = SHARED_DATA / "gaia_archive_samples"
 XP_DIR = SAMPLES / "xp_continuous"
 MISSING_BP_ID = 5405570973190252288
 

@@ -11,6 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from conftest import SHARED_DATA
 from dataset_builder.physics import (
     ExtinctionLaw,
     StellarParameters,
@@ -20,7 +21,7 @@ from dataset_builder.physics import (
 )
 from dataset_builder.simulate import G_FLUX_ZERO_POINT, simulate_survey
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 REAL_XP = SHARED / "gaia_archive_samples/xp_continuous/XP_CONTINUOUS_RAW_with_missing_BP.fits"
 REAL_TMASS = SHARED / "gaia_2mass_photometry/ocCastroGinard_tmass.fits"
 N_FIRST = 10
@@ -179,6 +180,22 @@ def test_simulate_build_load_dataset(survey, tmp_path):
     assert np.median(np.abs(labelled["teff"] - labelled["true_teff"])) < 60
     assert 4300 < np.median(labelled["teff"]) < 5200
     assert 2.0 < np.median(labelled["logg"]) < 3.2
+    streamed = datasets.load_dataset(str(out), streaming=True)
+    assert sum(1 for _ in streamed["validation"]) == splits["validation"].num_rows
+    assert next(iter(streamed["train"])).keys() == splits["train"].features.keys()
+
+
+def test_same_seed_gives_byte_identical_shards(tmp_path):
+    from dataset_builder.build import build_dataset
+
+    shards = []
+    for run in ("a", "b"):
+        raw = simulate_survey(tmp_path / run / "raw", n_stars=600, seed=11, progress=False)
+        out = tmp_path / run / "dataset"
+        build_dataset(raw.xp_files, raw.gaia_source, raw.allstar, out, extra=[raw.truth], num_proc=1)
+        shards.append(sorted((out / "data").glob("*.parquet")))
+    assert [p.name for p in shards[0]] == [p.name for p in shards[1]] and shards[0]
+    assert all(filecmp.cmp(a, b, shallow=False) for a, b in zip(*shards))
 
 
 def test_default_dataset_is_built_once_and_reused(tmp_path):
