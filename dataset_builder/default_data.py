@@ -17,6 +17,21 @@ from tqdm.auto import tqdm
 SIMULATION_VERSION = "v1"
 """Bumped whenever the simulator's output changes, so stale caches are not reused."""
 
+SIMULATION_CARD_SECTION = """
+## This is a simulated survey
+
+Simulated by `dataset_builder.simulate.simulate_survey` (no real star): stellar populations mirroring the
+APOGEE DR17 x Gaia XP cross-match of Leung & Bovy (2024) (~2/3 APOGEE targets, mostly giants; an XP-only
+remainder), surface fluxes with Teff/log g/[M/H]-dependent features projected onto the real Gaia XP bases
+(GaiaXPy 2.1.5), G23 extinction with per-star E(B-V) and R_V, Gaia and 2MASS photometry from filter curves,
+real-archive noise laws and missing values. The noise-free truth is in the `true_*` columns.
+
+Realism check (`python benchmarks/bench_simulate.py`, 50k stars, seed 0, simulator v1): an XGBoost on the paper's
+inputs (bp0-29, rp0-29, BP-RP, J-H, J-K) reaches MAD-std 56.4 K / 0.180 dex / 0.074 dex in Teff / log g / [M/H],
+against 50.7 K / 0.13 / 0.08 for the same baseline on the real APOGEE x XP data (ratios 1.11 / 1.38 / 0.92).
+"""
+"""Appended to the dataset card of the default dataset: what it is, and how close to the real data it is."""
+
 
 def default_cache_root() -> Path:
     """``$ASTRO_DATA_HOME`` if set, else ``~/.cache/astro_foundation``."""
@@ -51,6 +66,8 @@ def default_dataset(cache_dir: str | Path | None = None, n_stars: int = 50_000, 
             build_dataset(
                 files.xp_files, files.gaia_source, files.allstar, work / "dataset", extra=[files.truth]
             )
+            with open(work / "dataset" / "README.md", "a", encoding="utf-8") as card:
+                card.write(SIMULATION_CARD_SECTION)
             bar.update()
         try:
             os.replace(work / "dataset", target)

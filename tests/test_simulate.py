@@ -204,6 +204,7 @@ def test_default_dataset_is_built_once_and_reused(tmp_path):
     path = default_dataset(cache_dir=tmp_path, n_stars=400, seed=1)
     assert path.name == "simulated_survey-v1-n400-s1"
     assert (path / "README.md").is_file() and list((path / "data").glob("train-*.parquet"))
+    assert "This is a simulated survey" in (path / "README.md").read_text()
     stamp = (path / "README.md").stat().st_mtime_ns
     assert default_dataset(cache_dir=tmp_path, n_stars=400, seed=1) == path
     assert (path / "README.md").stat().st_mtime_ns == stamp
