@@ -1,0 +1,278 @@
+"""Shared pieces of the speed benchmarks: the paper model, the naive reference path, FLOP counts, phase
+processes.
+
+Every measured path runs in its own process (`run_phase`) so that its peak RSS (`ru_maxrss`) is its own; the
+parent compares the paths and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from configuration_astro import AstroConfig  # noqa: E402
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+
+THREADS = 2
+XP_NAMES = [f"bp{i}" for i in range(55)] + [f"rp{i}" for i in range(55)]
+LABEL_NAMES = ["teff", "logg", "m_h", "logebv"]
+
+
+def setup_torch(seed: int = 0) -> None:
+    """2 threads (the issue's reference machine) and a fixed seed."""
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+
+
+def paper_model() -> tuple[AstroForObservationPrediction, AstroTokenizer]:
+    """The paper's 8.8 M-parameter model with random weights, in eval mode, and an identity tokenizer."""
+    setup_torch()
+    model = AstroForObservationPrediction(AstroConfig()).eval()
+    return model, AstroTokenizer()
+
+
+def stars(input_names: Sequence[str], n_stars: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """
+    Benchmark inputs: the simulated survey's test rows (`dataset_builder.default_data`, when present), else
+    random standardised values; every star has all of `input_names`.
+    """
+    try:
+        from dataset_builder.default_data import default_dataset
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return {name: rng.normal(size=n_stars).astype(np.float32) for name in input_names}
+    import pyarrow.parquet as pq
+
+    shards = sorted((default_dataset() / "data").glob("test-*.parquet"))
+    table = pq.read_table(shards, columns=list(input_names))
+    columns = {name: table[name].to_numpy().astype(np.float32) for name in input_names}
+    complete = np.flatnonzero(np.all([np.isfinite(v) for v in columns.values()], axis=0))
+    rows = np.resize(complete, n_stars)  # repeat rows if the split is smaller than n_stars
+    return {name: values[rows] for name, values in columns.items()}
+
+
+@torch.no_grad()
+def naive_predict(
+    model: AstroForObservationPrediction,
+    tokenizer: AstroTokenizer,
+    data: dict[str, np.ndarray],
+    request: Sequence[str],
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    The original code's inference path, as reference: every star padded to the full context, numpy -> torch ->
+    numpy per batch, fp32, the encoder once and then one decoder pass per requested observation (the
+    keys/values of the encoder states recomputed for every request).
+    """
+    num_stars = len(next(iter(data.values())))
+    means, sigmas = [], []
+    for start in range(0, num_stars, batch_size):
+        batch = {name: values[start : start + batch_size] for name, values in data.items()}
+        inputs = tokenizer(batch, padding="max_length", return_tensors="np")
+        input_ids = torch.from_numpy(inputs["input_ids"])
+        attention_mask = torch.from_numpy(inputs["attention_mask"])
+        states, _ = model.astro.encode(input_ids, torch.from_numpy(inputs["input_values"]), attention_mask)
+        columns_mean, columns_sigma = [], []
+        for name in request:
+            request_ids = tokenizer.encode_requests([name], batch_size=len(input_ids))
+            decoded, _ = model.astro.decode(request_ids, states, attention_mask)
+            mean, logvar = model.head(decoded)
+            value, sigma = tokenizer.inverse_transform(mean.numpy(), logvar.numpy(), request_ids.numpy())
+            columns_mean.append(value[:, 0])
+            columns_sigma.append(sigma[:, 0])
+        means.append(np.stack(columns_mean, axis=1))
+        sigmas.append(np.stack(columns_sigma, axis=1))
+    return np.concatenate(means), np.concatenate(sigmas)
+
+
+def matmul_flops(config: AstroConfig, num_inputs: int, num_requests: int, shared_keys: bool = True) -> float:
+    """
+    Matmul FLOPs (2 per multiply-add) to predict `num_requests` observations of a star with `num_inputs`
+    tokens: encoder projections, attention and feed-forward layers, decoder blocks and the output MLP. With
+    `shared_keys=False` (the naive path) the decoder's key/value projections are paid once per request.
+    """
+    hidden, length, requests = config.hidden_size, num_inputs, num_requests
+    keys = length + int(config.attention_bias_kv)
+    macs = 0
+    for ffn in config.encoder_ffn_dims:
+        macs += 4 * length * hidden * hidden + 2 * length * keys * hidden + 2 * length * hidden * ffn
+    kv_passes = 1 if shared_keys else requests
+    for ffn in config.decoder_ffn_dims:
+        macs += kv_passes * 2 * length * hidden * hidden
+        macs += requests * (2 * hidden * hidden + 2 * keys * hidden + 2 * hidden * ffn)
+    widths = [hidden, *config.decoder_mlp_dims]
+    macs += requests * (sum(a * b for a, b in zip(widths[:-1], widths[1:])) + 2 * widths[-1])
+    return 2.0 * macs
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, in MB (Linux `ru_maxrss` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_repeats(function: Callable[[], object], repeats: int) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `function` (call it once before to warm up)."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def run_phase(script: str, phase: str, *args: str) -> dict:
+    """Run `python script --phase phase *args` in a fresh process and return the JSON of its last line."""
+    result = subprocess.run(
+        [sys.executable, script, "--phase", phase, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} phase {phase!r} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def machine_load() -> float:
+    """1-minute load average: the runs share the machine; a load above 2 threads slows every figure."""
+    return round(os.getloadavg()[0], 2)
+
+
+def inference_benchmark(
+    script: str, name: str, input_names: Sequence[str], request: Sequence[str], default_stars: int
+) -> None:
+    """
+    Command line of an inference benchmark: with `--phase`, measure one path in this process (naive,
+    fast_fp32, fast_bf16, matmul); without, run each phase in its own process and print the comparison as one
+    JSON line.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=f"Benchmark {name}: naive per-request path vs AstroPredictor."
+    )
+    parser.add_argument("--n-stars", type=int, default=default_stars)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per path (median reported)")
+    parser.add_argument("--phase", choices=["naive", "fast_fp32", "fast_bf16", "matmul_fp32", "matmul_bf16"])
+    parser.add_argument("--out", help="phase output: .npz file of predictions")
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(_measure_phase(args, input_names, request)))
+        return
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        common = ["--n-stars", str(args.n_stars), "--repeats", str(args.repeats)]
+        phases = {
+            phase: run_phase(script, phase, *common, "--out", f"{folder}/{phase}.npz")
+            for phase in ("naive", "fast_fp32", "fast_bf16", "matmul_fp32", "matmul_bf16")
+        }
+        predictions = {
+            phase: np.load(f"{folder}/{phase}.npz") for phase in ("naive", "fast_fp32", "fast_bf16")
+        }
+    reference = predictions["fast_fp32"]
+    config = AstroConfig()
+    fast_flops = matmul_flops(config, len(input_names), len(request))
+    naive_flops = matmul_flops(config, config.context_length, len(request), shared_keys=False)
+    fast, naive = phases["fast_bf16"], phases["naive"]
+    result = {
+        "benchmark": name,
+        "stars_per_s": fast["stars_per_s"],
+        "naive_stars_per_s": naive["stars_per_s"],
+        "speedup": round(fast["stars_per_s"] / naive["stars_per_s"], 2),
+        "peak_rss_mb": fast["peak_rss_mb"],
+        "naive_peak_rss_mb": naive["peak_rss_mb"],
+        "fast_fp32_stars_per_s": phases["fast_fp32"]["stars_per_s"],
+        "speedup_fp32": round(phases["fast_fp32"]["stars_per_s"] / naive["stars_per_s"], 2),
+        "fast_fp32_peak_rss_mb": phases["fast_fp32"]["peak_rss_mb"],
+        "n_stars": args.n_stars,
+        "mflop_per_star": round(fast_flops / 1e6, 1),
+        "naive_mflop_per_star": round(naive_flops / 1e6, 1),
+        "matmul_gflops_fp32": phases["matmul_fp32"]["gflops"],
+        "matmul_gflops_bf16": phases["matmul_bf16"]["gflops"],
+        "achieved_gflops_bf16": round(fast_flops * fast["stars_per_s"] / 1e9, 1),
+        "matmul_fraction_bf16": round(
+            fast_flops * fast["stars_per_s"] / 1e9 / phases["matmul_bf16"]["gflops"], 3
+        ),
+        "achieved_gflops_fp32": round(fast_flops * phases["fast_fp32"]["stars_per_s"] / 1e9, 1),
+        "matmul_fraction_fp32": round(
+            fast_flops * phases["fast_fp32"]["stars_per_s"] / 1e9 / phases["matmul_fp32"]["gflops"], 3
+        ),
+        "naive_matmul_fraction_fp32": round(
+            naive_flops * naive["stars_per_s"] / 1e9 / phases["matmul_fp32"]["gflops"], 3
+        ),
+        "bf16_max_mean_difference_sigma": float(
+            np.max(np.abs(predictions["fast_bf16"]["mean"] - reference["mean"]) / reference["sigma"])
+        ),
+        "naive_vs_fast_fp32_max_difference_sigma": float(
+            np.max(np.abs(predictions["naive"]["mean"] - reference["mean"]) / reference["sigma"])
+        ),
+        "inputs": "simulated survey" if _has_default_data() else "random standardised values",
+        "threads": THREADS,
+        "load_average_1min": machine_load(),
+    }
+    print(json.dumps(result))
+
+
+def _has_default_data() -> bool:
+    try:
+        import dataset_builder.default_data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _measure_phase(args, input_names: Sequence[str], request: Sequence[str]) -> dict:
+    """One path, timed in this process: median stars/s over the repeats, peak RSS, predictions saved."""
+    if args.phase.startswith("matmul"):
+        from bench_matmul_flops import dense_matmul_gflops
+
+        return {
+            "gflops": dense_matmul_gflops(torch.bfloat16 if args.phase.endswith("bf16") else torch.float32)
+        }
+    model, tokenizer = paper_model()
+    observed = stars([*input_names, *request], args.n_stars)
+    tokenizer.fit(observed)  # realistic standardisation of inputs and requests
+    data = {name: observed[name] for name in input_names}
+    warmup = {key: values[:128] for key, values in data.items()}
+    if args.phase == "naive":
+        naive_predict(model, tokenizer, warmup, request)
+        outputs = []
+        seconds = time_repeats(
+            lambda: outputs.append(naive_predict(model, tokenizer, data, request)), args.repeats
+        )
+        mean, sigma = outputs[-1]
+    else:
+        from modeling_astro.inference import AstroPredictor
+
+        dtype = torch.bfloat16 if args.phase == "fast_bf16" else None
+        predictor = AstroPredictor(model, tokenizer, device="cpu", batch_size=1024, dtype=dtype)
+        predictor.predict(warmup, request, progress=False)
+        outputs = []
+        seconds = time_repeats(
+            lambda: outputs.append(predictor.predict(data, request, progress=False)), args.repeats
+        )
+        table = outputs[-1]
+        mean = table[list(request)].to_numpy()
+        sigma = table[[f"{name}_sigma" for name in request]].to_numpy()
+    np.savez(args.out, mean=mean, sigma=sigma)
+    return {
+        "stars_per_s": round(args.n_stars / float(np.median(seconds)), 1),
+        "seconds": [round(s, 3) for s in seconds],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
