@@ -1,0 +1,126 @@
+"""Tests: catalogue command (modeling_astro/catalogue_inference.py): shards, resuming after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import tiny_config
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro.catalogue_inference import input_shards, predict_catalogue
+from modeling_astro.inference import AstroPredictor
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["bp0", "bp1", "rp0", "bprp", "jh", "teff", "logg"]
+REQUEST = ["teff", "logg", "m_h"]
+SHARD_ROWS = [23, 0, 31, 17]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spinning on a shared 2-core machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> tuple[Path, Path]:
+    """A saved tiny checkpoint and a builder-like dataset folder with four test shards (one empty)."""
+    root = tmp_path_factory.mktemp("catalogue")
+    torch.manual_seed(0)
+    AstroForObservationPrediction(tiny_config(context_length=8)).save_pretrained(root / "model")
+    AstroTokenizer(context_length=8).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    (root / "data" / "data").mkdir(parents=True)
+    first_id = 2**61
+    for k, rows in enumerate(SHARD_ROWS):
+        frame = pd.DataFrame({"source_id": first_id + np.arange(rows, dtype=np.int64)})
+        first_id += rows
+        for name in NAMES:
+            values = rng.normal(size=rows).astype(np.float32)
+            values[rng.random(rows) < 0.3] = np.nan
+            frame[name] = values
+            frame[name + "_err"] = np.full(rows, 0.1, dtype=np.float32)
+        frame.to_parquet(root / "data" / "data" / f"test-{k:05d}-of-{len(SHARD_ROWS):05d}.parquet")
+    pd.DataFrame({"source_id": [1]}).to_parquet(root / "data" / "data" / "train-00000-of-00001.parquet")
+    return root / "model", root / "data"
+
+
+def read_predictions(folder: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))], ignore_index=True)
+
+
+def run_command(model: Path, data: Path, out: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    script = textwrap.dedent(prelude) + textwrap.dedent(
+        f"""
+        from modeling_astro.catalogue_inference import main
+        main(["--model", "{model}", "--data", "{data}", "--out", "{out}", "--split", "test",
+              "--request", *{REQUEST!r}, "--rows-per-chunk", "10", "--batch-size", "4"])
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_predictions_match_in_memory_predictor(catalogue, tmp_path):
+    model, data = catalogue
+    predictor = AstroPredictor.from_pretrained(str(model), device="cpu", batch_size=4)
+    written = predict_catalogue(predictor, data, tmp_path, REQUEST, split="test", rows_per_chunk=10)
+    assert [path.name for path in written] == [path.name for path in input_shards(data, "test")]
+    assert [pq.ParquetFile(path).metadata.num_rows for path in written] == SHARD_ROWS
+    result = read_predictions(tmp_path)
+    frame = pd.concat([pd.read_parquet(path) for path in input_shards(data, "test")], ignore_index=True)
+    expected = predictor.predict(frame, REQUEST, keep_columns=["source_id"])
+    pd.testing.assert_frame_equal(result, expected, check_exact=False, rtol=1e-5)
+    assert predict_catalogue(predictor, data, tmp_path, REQUEST, split="test") == []  # all finished: skipped
+
+
+def test_killed_run_resumes_without_duplicate_or_missing_rows(catalogue, tmp_path):
+    model, data = catalogue
+    clean = run_command(model, data, tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr
+    # SIGKILL the process in the middle of its third shard (second chunk write of the shard with 31 rows).
+    killer = """
+        import os, signal
+        import pyarrow.parquet as pq
+        writes = {"count": 0}
+        original = pq.ParquetWriter.write_table
+        def write_then_die(self, table, *args, **kwargs):
+            writes["count"] += 1
+            if writes["count"] == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, table, *args, **kwargs)
+        pq.ParquetWriter.write_table = write_then_die
+    """
+    killed = run_command(model, data, tmp_path / "resumed", prelude=killer)
+    assert killed.returncode == -signal.SIGKILL
+    finished = sorted(path.name for path in (tmp_path / "resumed").glob("*.parquet"))
+    assert finished == [path.name for path in input_shards(data, "test")[:2]]  # the third is not half-written
+    resumed = run_command(model, data, tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr
+    result, expected = read_predictions(tmp_path / "resumed"), read_predictions(tmp_path / "clean")
+    assert result["source_id"].is_unique and len(result) == sum(SHARD_ROWS)
+    pd.testing.assert_frame_equal(result, expected)
+
+
+def test_missing_folder_and_columns_are_explained(catalogue, tmp_path):
+    model, data = catalogue
+    with pytest.raises(FileNotFoundError, match="dataset builder"):
+        input_shards(tmp_path)
+    predictor = AstroPredictor.from_pretrained(str(model), device="cpu")
+    with pytest.raises(KeyError, match="g_fakemag"):
+        predict_catalogue(
+            predictor, data, tmp_path / "out", REQUEST, split="test", inputs=["bp0", "g_fakemag"]
+        )
