@@ -36,6 +36,14 @@ from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import EVALUATION_INPUTS, EVALUATION_LABELS, evaluate, format_table
 
 REPO_ROOT = Path(__file__).resolve().parent
+MODEL_PRESETS = {
+    "tiny": lambda **kwargs: AstroConfig.small(
+        hidden_size=16, encoder_attention_heads=[2, 2], encoder_ffn_dims=[32, 32], decoder_attention_heads=[2, 2],
+        decoder_ffn_dims=[32, 32], decoder_mlp_dims=[32, 16], **kwargs
+    ),
+    "small": AstroConfig.small,
+    "paper": AstroConfig,
+}
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -66,7 +74,7 @@ class DataArguments:
 @dataclass
 class ModelArguments:
     model_preset: str = field(
-        default="small", metadata={"help": "'small' (~160k parameters) or 'paper' (8.8M)."}
+        default="small", metadata={"help": "'tiny' (tests), 'small' (~200k parameters) or 'paper' (8.8M)."}
     )
     dropout: float = field(default=0.0, metadata={"help": "Encoder and decoder dropout."})
 
@@ -78,6 +86,9 @@ class TrainArguments:
     )
     seed: int = 42
     max_steps: int = field(default=4000, metadata={"help": "Optimizer steps."})
+    max_train_minutes: float | None = field(
+        default=11.0, metadata={"help": "Stop training after this many minutes, even before max_steps."}
+    )
     batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
@@ -166,11 +177,8 @@ def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: 
         "label_target_fraction",
     )
     model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
-    return {
-        "model": model,
-        "training": {k: getattr(args, k) for k in keys},
-        "num_train_stars": num_train_stars,
-    }
+    fingerprint = {"model": model, "training": {k: getattr(args, k) for k in keys}, "num_train_stars": num_train_stars}
+    return json.loads(json.dumps(fingerprint))  # as read back from training_state.json
 
 
 def find_checkpoint(output_dir: Path, name: str) -> Path:
@@ -295,12 +303,11 @@ def main(argv: list[str] | None = None) -> Path:
         raise TrainingInputError(
             f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size})."
         )
-    presets = {"small": AstroConfig.small, "paper": AstroConfig}
-    if model_args.model_preset not in presets:
+    if model_args.model_preset not in MODEL_PRESETS:
         raise TrainingInputError(
-            f"--model_preset must be one of {list(presets)}, got {model_args.model_preset!r}."
+            f"--model_preset must be one of {list(MODEL_PRESETS)}, got {model_args.model_preset!r}."
         )
-    config = presets[model_args.model_preset](
+    config = MODEL_PRESETS[model_args.model_preset](
         encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
     )
     tokenizer = AstroTokenizer(
@@ -348,21 +355,21 @@ def main(argv: list[str] | None = None) -> Path:
         desc="training",
         disable=not accelerator.is_local_main_process,
     )
-    started, window_start, window_stars = time.perf_counter(), time.perf_counter(), 0
+    started, window_start, window_stars, done = time.perf_counter(), time.perf_counter(), 0, start_step
     for step in progress:
         stars = epoch_batch(step, len(train_values), args.batch_size, args.seed)
         batches = []
         for micro in range(args.gradient_accumulation_steps):
-            first = (micro * num_processes + rank) * micro_size
-            index = stars[first : first + micro_size]
-            generator = torch.Generator().manual_seed(seed_for(args.seed, step, micro, rank))
+            part = micro * num_processes + rank  # same slices and masks for any processes x accumulation
+            index = stars[part * micro_size : (part + 1) * micro_size]
+            generator = torch.Generator().manual_seed(seed_for(args.seed, step, part))
             batches.append(collator.sample(train_values[index], train_errors[index], generator))
         # Exact mean over the step's valid targets, whatever the processes and accumulation (see the model's loss).
         local_targets = sum(int((batch["request_ids"] != 0).sum()) for batch in batches)
         num_targets = accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), "sum").item()
         step_loss = torch.zeros((), device=accelerator.device)
         for micro, batch in enumerate(batches):
-            torch.manual_seed(seed_for(args.seed, step, micro, rank, 1))  # dropout
+            torch.manual_seed(seed_for(args.seed, step, micro * num_processes + rank, 1))  # dropout
             with accelerator.accumulate(model), accelerator.autocast():
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
                 loss = model(**batch, num_items_in_batch=num_targets / micro_batches).loss
@@ -407,16 +414,20 @@ def main(argv: list[str] | None = None) -> Path:
                     f.write(json.dumps(record) + "\n")
         if done % args.save_steps == 0:
             save_checkpoint(accelerator, output_dir, done, fingerprint, args.save_total_limit)
+        if args.max_train_minutes is not None and out_of_time(accelerator, started, args.max_train_minutes):
+            accelerator.print(f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached.")
+            break
     progress.close()
     accelerator.wait_for_everyone()
 
     # Final model folder: model + tokenizer + collator code, evaluation and model card.
     if accelerator.is_main_process:
-        save_final(accelerator.unwrap_model(model), tokenizer, output_dir, args, dataset_dir)
-        if args.do_eval:
-            results = evaluate(str(output_dir), dataset_dir, str(output_dir))
+        run_info = {"dataset_dir": dataset_dir, "num_processes": num_processes, "final_step": done}
+        save_final(accelerator.unwrap_model(model), tokenizer, output_dir, args, run_info)
+        results = evaluate(str(output_dir), dataset_dir, str(output_dir)) if args.do_eval else None
+        if results is not None:
             print(format_table(results))
-            write_model_card(output_dir, results, args, model_args, dataset_dir)
+        write_model_card(output_dir, results, args, model_args, dataset_dir)
         if args.push_to_hub:
             url = push_to_hub(output_dir, args.hub_model_id, private=args.hub_private_repo)
             print(f"Pushed to {url}")
@@ -425,8 +436,14 @@ def main(argv: list[str] | None = None) -> Path:
     return output_dir
 
 
+def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> bool:
+    """Whether any process has trained for `minutes` (all processes get the same answer and stop together)."""
+    late = torch.tensor(float(time.perf_counter() - started > 60 * minutes), device=accelerator.device)
+    return bool(accelerator.reduce(late, "sum").item())
+
+
 def save_final(
-    model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, dataset_dir: str
+    model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, run_info: dict
 ) -> None:
     """Save model, tokenizer and the collator code in a temporary folder, then move each file into `output_dir`."""
     temporary = output_dir / ".tmp-final"
@@ -436,7 +453,7 @@ def save_final(
     tokenizer.save_pretrained(temporary)
     shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", temporary)
     (temporary / "training_args.json").write_text(
-        json.dumps({**asdict(args), "dataset_dir": dataset_dir}, indent=1)
+        json.dumps({**asdict(args), **run_info}, indent=1)
     )
     for path in temporary.iterdir():
         os.replace(path, output_dir / path.name)
@@ -444,7 +461,7 @@ def save_final(
 
 
 def write_model_card(
-    output_dir: Path, results: dict, args: TrainArguments, model_args: ModelArguments, dataset_dir: str
+    output_dir: Path, results: dict | None, args: TrainArguments, model_args: ModelArguments, dataset_dir: str
 ) -> None:
     """Fill the `model_card.md` template of the repository into `output_dir/README.md`."""
     from string import Template
@@ -462,7 +479,9 @@ def write_model_card(
             f"{args.num_targets} targets per star per step, label target fraction "
             f"{args.label_target_fraction}, seed {args.seed}"
         ),
-        evaluation_table=format_table(results, markdown=True),
+        evaluation_table=format_table(results, markdown=True)
+        if results is not None
+        else "Not evaluated (trained with `--do_eval false`): run `python -m modeling_astro.evaluation`.",
     )
     temporary = output_dir / "README.md.tmp"
     temporary.write_text(card)

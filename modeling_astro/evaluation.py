@@ -149,7 +149,8 @@ def evaluate(
     """
     Run the paper's protocol on the test split of `data_dir` with the model saved in `model_path`.
 
-    Returns (and writes to `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
+    Stars are evaluated when they have all 60 XP coefficients of the inputs and the label. Returns (and writes to
+    `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
     `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's metrics
     under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`.
     """
@@ -172,8 +173,9 @@ def evaluate(
     results: dict[str, Any] = {"test_stars": len(test), "model_predict_seconds": round(model_seconds, 2)}
     if baseline:
         results.update({"xgboost_fit_seconds": round(xgb_seconds, 2), "xgboost_rounds": rounds})
+    has_xp = np.isfinite(test[list(EVALUATION_INPUTS[:60])].to_numpy()).all(axis=1)  # the paper's test stars
     for label in EVALUATION_LABELS:
-        labelled = np.isfinite(test[label].to_numpy()) & np.isfinite(model[label].to_numpy())
+        labelled = has_xp & np.isfinite(test[label].to_numpy()) & np.isfinite(model[label].to_numpy())
         true = test[label].to_numpy()[labelled]
         error = (
             test[f"{label}_err"].to_numpy()[labelled] if f"{label}_err" in test else np.zeros(labelled.sum())

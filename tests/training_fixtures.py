@@ -34,7 +34,7 @@ def tiny_train_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
         "--dataset_dir", str(dataset), "--output_dir", str(output_dir),
         "--max_steps", "120", "--batch_size", "64", "--logging_steps", "20", "--eval_steps", "60",
         "--eval_stars", "256", "--save_steps", "60", "--restart_steps", "120", "--learning_rate", "2e-3",
-        *extra,
+        "--model_preset", "tiny", "--do_eval", "false", *extra,
     ]  # fmt: skip
 
 
@@ -46,7 +46,7 @@ def tiny_survey(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained_checkpoint(tmp_path_factory, tiny_survey) -> Path:
-    """The output folder of `train.main` on the tiny survey: model, tokenizer, collator, eval_results.json, card."""
+    """The output folder of `train.main` on the tiny survey (tiny preset): model, tokenizer, collator, card."""
     import train
 
     output_dir = tmp_path_factory.mktemp("tiny_trained") / "model"
