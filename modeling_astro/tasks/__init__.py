@@ -22,7 +22,14 @@ from .extinction import (
     plot_extinction_curve,
 )
 from .inpainting import fill_missing_coefficients, inpaint_band
-from .labels import LABEL_REQUEST, SPECTRA_INPUTS, distance_from_fakemag, predict_labels, select_inputs
+from .labels import (
+    LABEL_REQUEST,
+    SPECTRA_INPUTS,
+    distance_from_fakemag,
+    plot_label_comparison,
+    predict_labels,
+    select_inputs,
+)
 from .loci import LOCI_REQUEST, plot_loci, stellar_loci
 from .similarity import embed_stars, retrieval_accuracy, top_k_similar
 from .spectra import (
@@ -64,6 +71,7 @@ __all__ = [
     "inpaint_band",
     "max_relative_error",
     "plot_extinction_curve",
+    "plot_label_comparison",
     "plot_loci",
     "plot_spectra",
     "pooled_embedding",

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
     """A figure with ``ncols`` side-by-side axes: ``(figure, axes)`` (axes is a list)."""
+    # importing gaiaxpy sets text.usetex=True globally, which fails without a LaTeX installation
+    matplotlib.rcParams["text.usetex"] = False
     figure, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return figure, list(axes[0])
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ._plotting import new_figure, save_figure
 from .spectra import SIGMA_SUFFIX
 
 SPECTRA_INPUTS: tuple[str, ...] = (
@@ -101,4 +103,33 @@ def predict_labels(
     return labels
 
 
-__all__ = ["LABEL_REQUEST", "SPECTRA_INPUTS", "distance_from_fakemag", "predict_labels", "select_inputs"]
+def plot_label_comparison(
+    labels: pd.DataFrame, reference: dict[str, np.ndarray], path: str | os.PathLike
+) -> None:
+    """Predicted vs reference value, one panel per ``reference`` key (a column of ``labels``); PNG."""
+    if not reference:
+        raise ValueError("No reference values to compare with: pass e.g. {'teff': true_teff}.")
+    figure, axes = new_figure(ncols=len(reference), width=4.0)
+    for axis, (name, truth) in zip(axes, reference.items(), strict=True):
+        predicted = labels[name].to_numpy(dtype=np.float64)
+        axis.errorbar(truth, predicted, yerr=labels[name + SIGMA_SUFFIX], fmt=".", ms=2, lw=0.3, alpha=0.5)
+        finite = np.isfinite(truth) & np.isfinite(predicted)
+        if finite.any():
+            low, high = np.percentile(np.concatenate([truth[finite], predicted[finite]]), [0.5, 99.5])
+            axis.plot([low, high], [low, high], color="k", lw=0.8)
+            if name == "distance_pc":
+                axis.set_xscale("log")
+                axis.set_yscale("log")
+        axis.set_xlabel(f"reference {name}")
+        axis.set_ylabel(f"predicted {name}")
+    save_figure(figure, path)
+
+
+__all__ = [
+    "LABEL_REQUEST",
+    "SPECTRA_INPUTS",
+    "distance_from_fakemag",
+    "plot_label_comparison",
+    "predict_labels",
+    "select_inputs",
+]

@@ -54,7 +54,7 @@ class SampledSpectra:
         wavelength: (W,) wavelengths [nm].
         flux: (N, W) flux; G-normalised (flux / f_G) or absolute [W m^-2 nm^-1], see ``unit``.
         flux_sigma: (N, W) 1-sigma of the flux (independent coefficient errors propagated linearly).
-        unit: ``"flux / f_G"`` or ``"W m^-2 nm^-1"``.
+        unit: ``"W m^-2 nm^-1 per e-/s of G flux"`` (G-normalised) or ``"W m^-2 nm^-1"``.
     """
 
     wavelength: np.ndarray
@@ -77,13 +77,15 @@ def _column(table: Any, name: str) -> np.ndarray:
     return np.asarray(table[name], dtype=np.float64)
 
 
-def sample_xp(coefficients: Any, scale: np.ndarray | float = 1.0, unit: str = "flux / f_G") -> SampledSpectra:
+def sample_xp(
+    coefficients: Any, scale: np.ndarray | float = 1.0, unit: str = "W m^-2 nm^-1 per e-/s of G flux"
+) -> SampledSpectra:
     """Sample XP coefficients on Gaia's 336-1020 nm grid.
 
     Args:
         coefficients: a DataFrame / dict with the 110 columns ``bp0..bp54, rp0..rp54`` (e.g. the output of
             ``AstroPredictor.predict``) and optionally ``<name>_sigma`` columns. Missing (NaN) coefficients
-            count as 0 (as in a truncated XP solution).
+            count as 0 (as in a truncated XP solution); a star with no coefficient at all gets NaN flux.
         scale: per-star (N,) or scalar factor multiplying flux and sigma (e.g. f_G for absolute flux).
         unit: the unit of the result, recorded in ``SampledSpectra.unit``.
 
@@ -109,6 +111,8 @@ def sample_xp(coefficients: Any, scale: np.ndarray | float = 1.0, unit: str = "f
             variance = variance + sigma**2 @ design[band] ** 2
     scale = np.reshape(np.asarray(scale, dtype=np.float64), (-1, 1))
     sigma = np.sqrt(variance) * np.ones_like(flux)
+    empty = np.all(np.isnan(np.stack([_column(coefficients, name) for name in XP_NAMES], axis=1)), axis=1)
+    flux[empty], sigma[empty] = np.nan, np.nan  # stars without any coefficient (e.g. no usable input)
     return SampledSpectra(wavelength, flux * scale, sigma * np.abs(scale), unit)
 
 

@@ -1,0 +1,40 @@
+"""Extinction curve: A(lambda)/E(B-V) from spectra the model generates at several E(B-V), against the law.
+
+    PYTHONPATH=. python examples/extinction_curve.py --model CHECKPOINT --out extinction.png
+
+The simulated survey reddens every star with the Gordon et al. (2023) law at R_V ~ N(3.1, 0.2); the last line
+(JSON) is the largest relative error of the recovered curve against that law at ``--rv`` over 400-1000 nm.
+"""
+
+from _common import load_predictor, parser, report
+
+from modeling_astro.tasks import (
+    DEFAULT_EBV,
+    extinction_curve,
+    injected_law,
+    max_relative_error,
+    plot_extinction_curve,
+)
+
+
+def main() -> None:
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--rv", type=float, default=3.1, help="R_V of the law to compare with")
+    arguments.add_argument("--ebv", type=float, nargs="+", default=list(DEFAULT_EBV))
+    args = arguments.parse_args()
+    predictor = load_predictor(args)
+    curve = extinction_curve(predictor, ebv=args.ebv)
+    law = injected_law(curve.wavelength, rv=args.rv)
+    if args.out:
+        plot_extinction_curve(curve, law, args.out, law_label=f"injected law (G23, R_V = {args.rv})")
+    report(
+        {
+            "task": "extinction_curve",
+            "rv": args.rv,
+            "max_rel_error_400_1000nm": round(max_relative_error(curve, law, 400.0, 1000.0), 4),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
