@@ -1,0 +1,41 @@
+"""Tests of modeling_astro.tasks.loci: Teff and colours over a (log g, [M/H]) grid."""
+
+import numpy as np
+import pytest
+from training_fixtures import tiny_trained_checkpoint  # noqa: F401
+
+from modeling_astro.inference import AstroPredictor
+from modeling_astro.tasks import plot_loci, stellar_loci
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
+
+
+def test_grid_layout_and_plot(predictor, tmp_path):
+    logg, m_h = np.linspace(1.0, 3.5, 6), np.array([-0.5, 0.0, 0.3])
+    loci = stellar_loci(predictor, logg, m_h)
+    assert len(loci) == 18
+    np.testing.assert_array_equal(loci["logg"], np.repeat(logg, 3))
+    np.testing.assert_array_equal(loci["m_h"], np.tile(m_h, 6))
+    assert {"teff", "teff_sigma", "bprp", "jh", "jk"} <= set(loci.columns)
+    assert loci["teff"].between(3000, 8000).all() and loci["bprp"].between(0, 4).all()
+    assert (loci.filter(like="_sigma") > 0).all().all()
+    plot_loci(loci, tmp_path / "loci.png")
+    assert (tmp_path / "loci.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_point_equals_a_single_star_and_uses_no_extinction(predictor):
+    loci = stellar_loci(predictor, [2.0, 3.0], [0.0], request=["teff"])
+    single = predictor.predict({"logg": [3.0], "m_h": [0.0], "logebv": [-7.0]}, ["teff"])
+    np.testing.assert_allclose(loci["teff"].iloc[1], single["teff"].iloc[0], rtol=1e-5)
+    reddened = stellar_loci(predictor, [3.0], [0.0], request=["bprp"], logebv=np.log(0.5))
+    assert reddened["bprp"].iloc[0] != stellar_loci(predictor, [3.0], [0.0], request=["bprp"])["bprp"].iloc[0]
+
+
+def test_bad_grid_and_request(predictor):
+    with pytest.raises(ValueError, match="non-empty 1-d"):
+        stellar_loci(predictor, [], [0.0])
+    with pytest.raises(KeyError, match="Did you mean"):
+        stellar_loci(predictor, [2.0], [0.0], request=["bp_rp"])
