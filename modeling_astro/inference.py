@@ -5,10 +5,10 @@ What makes it fast (see `benchmarks/`): every requested observation is decoded i
 keys/values of the encoder states are projected once per star and decoder block for all requests; stars are
 sorted by their number of observations inside a chunk and every batch is padded only to its longest star; the
 data is tokenised and moved to the device once per chunk, results come back once per chunk; everything runs
-under `torch.inference_mode`, with optional bf16 autocast (`dtype=torch.bfloat16`) and `torch.compile`.
+under `torch.inference_mode`, optionally in bf16 (`dtype=torch.bfloat16`) and with `torch.compile`.
 """
 
-import contextlib
+import copy
 import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -99,8 +99,10 @@ class AstroPredictor:
         tokenizer: the tokenizer saved with the model.
         device: where to run; defaults to CUDA when available, else CPU.
         batch_size: stars per forward pass (with `n_samples > 0`, stars x samples per pass).
-        dtype: `torch.bfloat16` runs the model under bf16 autocast (faster on CPUs with AVX512-BF16 and on
-            GPUs; predictions are returned in float32); `None` or `torch.float32` runs in float32.
+        dtype: `torch.bfloat16` (or `torch.float16`) runs a copy of the model cast to that dtype, made here:
+            faster on CPUs with AVX512-BF16 and on GPUs, and faster than autocast on the CPU (no per-call
+            casts of weights and activations); predictions are returned in float32. `None` or `torch.float32`
+            runs the model itself in float32.
         compile: wrap the forward pass in `torch.compile(dynamic=True)`.
 
     Example:
@@ -137,7 +139,10 @@ class AstroPredictor:
         self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
-        self.dtype = dtype if dtype not in (None, torch.float32) else None
+        self.dtype = dtype or torch.float32
+        self._network = (
+            self.model if self.dtype == torch.float32 else copy.deepcopy(self.model).to(self.dtype)
+        )
         self._forward = torch.compile(self._forward_batch, dynamic=True) if compile else self._forward_batch
 
     @classmethod
@@ -150,11 +155,6 @@ class AstroPredictor:
         return cls(model, tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ model passes
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def _forward_batch(
         self,
         input_ids: torch.Tensor,
@@ -164,16 +164,15 @@ class AstroPredictor:
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, tuple, tuple]:
         """Encoder once, then all requests in one decoder pass (keys/values projected once per block)."""
-        with self._autocast():
-            encoder_states, encoder_attentions = self.model.astro.encode(
-                input_ids, input_values, attention_mask, output_attentions
-            )
-            if request_ids is None:
-                return None, None, encoder_states.float(), encoder_attentions, ()
-            decoder_states, cross_attentions = self.model.astro.decode(
-                request_ids.expand(input_ids.shape[0], -1), encoder_states, attention_mask, output_attentions
-            )
-            mean, logvar = self.model.head(decoder_states)
+        encoder_states, encoder_attentions = self._network.astro.encode(
+            input_ids, input_values, attention_mask, output_attentions
+        )
+        if request_ids is None:
+            return None, None, encoder_states.float(), encoder_attentions, ()
+        decoder_states, cross_attentions = self._network.astro.decode(
+            request_ids.expand(input_ids.shape[0], -1), encoder_states, attention_mask, output_attentions
+        )
+        mean, logvar = self._network.head(decoder_states)
         return mean.float(), logvar.float(), encoder_states, encoder_attentions, cross_attentions
 
     def _batches(
