@@ -27,6 +27,9 @@ SIGMA_SUFFIX = "_sigma"
 CHUNK_BATCHES = 16
 #: Inputs with more stars than this many batches show a progress bar when `progress=None`.
 PROGRESS_MIN_BATCHES = 20
+#: Most decoded (star, request) pairs per forward pass: bounds the decoder's activations (width up to 3096 in
+#: the paper model) when many observations are requested, e.g. the 110 XP coefficients.
+MAX_REQUEST_TOKENS = 32768
 
 
 @dataclass
@@ -259,7 +262,7 @@ class AstroPredictor:
 
         num_requests = len(request)
         samples = max(n_samples, 1)
-        stars_per_batch = max(1, self.batch_size // samples)
+        stars_per_batch = max(1, min(self.batch_size, MAX_REQUEST_TOKENS // num_requests) // samples)
         generator = torch.Generator(self.device).manual_seed(seed) if n_samples else None
         mean = np.full((rows.num_rows, num_requests), np.nan, dtype=np.float32)
         logvar = np.full((rows.num_rows, num_requests), np.nan, dtype=np.float32)
