@@ -1,0 +1,118 @@
+"""Tests of modeling_astro.tasks.similarity and .contrastive: embeddings, top-k search, InfoNCE tuning."""
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
+
+from modeling_astro.inference import AstroPredictor
+from modeling_astro.tasks import (
+    LABELS_VIEW,
+    SPECTRA_INPUTS,
+    contrastive_finetune,
+    embed_stars,
+    info_nce_loss,
+    retrieval_accuracy,
+    top_k_similar,
+)
+
+
+@pytest.fixture(scope="module")
+def stars(tiny_survey) -> pd.DataFrame:  # noqa: F811
+    test = datasets.load_dataset(str(tiny_survey), split="test").to_pandas()
+    both = test[["bp0", "teff", "logg"]].notna().all(axis=1)
+    return test[both].iloc[:64].reset_index(drop=True)
+
+
+def brute_force(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+    similarity = q @ c.T
+    index = np.argsort(-similarity, axis=1)[:, :k]
+    return np.take_along_axis(similarity, index, axis=1), index
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 1000])
+def test_top_k_matches_brute_force_in_any_chunking(chunk_size):
+    rng = np.random.default_rng(0)
+    queries, corpus = rng.normal(size=(20, 8)), rng.normal(size=(50, 8))
+    scores, index = top_k_similar(queries, corpus, k=4, chunk_size=chunk_size)
+    expected_scores, expected_index = brute_force(queries, corpus, 4)
+    np.testing.assert_array_equal(index, expected_index)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+
+
+def test_exclude_self_and_nan_rows():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(30, 5))
+    vectors[4] = np.nan
+    scores, index = top_k_similar(vectors, vectors, k=3, chunk_size=8, exclude_self=True)
+    assert not np.any(index == np.arange(30)[:, None])
+    assert not np.any(index == 4)
+    assert np.all(index[4] == -1) and np.isnan(scores[4]).all()
+    assert retrieval_accuracy(vectors[:4], vectors[:4] * 2.0) == 1.0
+
+
+def test_bad_search_input():
+    with pytest.raises(ValueError, match="k must be between 1 and 3"):
+        top_k_similar(np.ones((2, 3)), np.ones((3, 3)), k=4)
+    with pytest.raises(ValueError, match="differ in dimension"):
+        top_k_similar(np.ones((2, 3)), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="same stars"):
+        retrieval_accuracy(np.ones((2, 3)), np.ones((3, 3)))
+
+
+def test_info_nce_prefers_aligned_views():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 8, generator=generator)
+    aligned = info_nce_loss(a, a + 0.01 * torch.randn(16, 8, generator=generator))
+    shuffled = info_nce_loss(a, a[torch.randperm(16, generator=generator)])
+    assert aligned < shuffled
+
+
+def test_embeddings_are_batch_independent(tiny_trained_checkpoint, stars):  # noqa: F811
+    batched = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
+    one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
+    vectors = embed_stars(batched, stars.iloc[:10], SPECTRA_INPUTS)
+    assert vectors.shape == (10, batched.model.config.hidden_size)
+    np.testing.assert_allclose(vectors, embed_stars(one_by_one, stars.iloc[:10], SPECTRA_INPUTS), atol=1e-5)
+    assert not np.allclose(vectors, embed_stars(batched, stars.iloc[:10], LABELS_VIEW))
+
+
+def test_contrastive_finetuning_improves_cross_view_retrieval(tiny_trained_checkpoint, stars):  # noqa: F811
+    torch.manual_seed(0)
+    predictor = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
+
+    def accuracy() -> float:
+        spectra = embed_stars(predictor, stars, SPECTRA_INPUTS)
+        labels = embed_stars(predictor, stars, LABELS_VIEW)
+        return retrieval_accuracy(spectra, labels)
+
+    before = accuracy()
+    decoder = [p.detach().clone() for p in predictor.model.astro.decoder.parameters()]
+    losses = contrastive_finetune(
+        predictor.model,
+        predictor.tokenizer,
+        stars,
+        steps=40,
+        batch_size=32,
+        learning_rate=3e-3,
+        progress=False,
+    )
+    after = accuracy()
+    assert after > before + 0.1, (before, after)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert not predictor.model.training
+    assert all(torch.equal(p, q) for p, q in zip(decoder, predictor.model.astro.decoder.parameters()))
+
+
+def test_contrastive_needs_both_views(tiny_trained_checkpoint, stars):  # noqa: F811
+    predictor = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu")
+    labels_only = stars[list(LABELS_VIEW)]
+    with pytest.raises(ValueError, match="none of the input columns"):
+        contrastive_finetune(predictor.model, predictor.tokenizer, labels_only, steps=1, progress=False)
+    one_star = stars.iloc[:1]
+    with pytest.raises(ValueError, match="at least 2 stars"):
+        contrastive_finetune(predictor.model, predictor.tokenizer, one_star, steps=1, progress=False)
