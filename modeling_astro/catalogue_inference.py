@@ -117,6 +117,7 @@ def predict_catalogue(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     todo = [shard for shard in input_shards(data_dir, split) if not (out / shard.name).exists()]
+    state.wait_for_everyone()  # every process lists the same unfinished shards before any writes one
     written = []
     with state.split_between_processes(todo) as mine:
         total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in mine)
