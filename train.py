@@ -3,12 +3,15 @@
     python train.py                                    # embedded simulated survey, ~160k-parameter model, CPU
     python train.py --dataset_dir my_dataset --output_dir my_model --max_steps 20000
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py   # two processes together
-    accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model on GPUs
+    accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model
+    on GPUs
     python train.py --resume_from_checkpoint latest    # continue an interrupted run exactly where it stopped
 
 Every optimizer step draws `batch_size` training stars from a permutation seeded by (seed, epoch), splits them
-across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded by
-(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and dropout of
+across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded
+by
+(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and
+dropout of
 an uninterrupted run. At the end the model, tokenizer and collator code are saved in `output_dir` with a model
 card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
 """
@@ -22,8 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import datasets
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -33,13 +36,24 @@ from transformers import HfArgumentParser
 from configuration_astro import AstroConfig
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.data_collator_astro import AstroDataCollator
-from modeling_astro.evaluation import EVALUATION_INPUTS, EVALUATION_LABELS, evaluate, format_table
+from modeling_astro.evaluation import (
+    EVALUATION_INPUTS,
+    EVALUATION_LABELS,
+    evaluate,
+    format_table,
+    load_split_tables,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent
 MODEL_PRESETS = {
     "tiny": lambda **kwargs: AstroConfig.small(
-        hidden_size=16, encoder_attention_heads=[2, 2], encoder_ffn_dims=[32, 32], decoder_attention_heads=[2, 2],
-        decoder_ffn_dims=[32, 32], decoder_mlp_dims=[32, 16], **kwargs
+        hidden_size=16,
+        encoder_attention_heads=[2, 2],
+        encoder_ffn_dims=[32, 32],
+        decoder_attention_heads=[2, 2],
+        decoder_ffn_dims=[32, 32],
+        decoder_mlp_dims=[32, 16],
+        **kwargs,
     ),
     "small": AstroConfig.small,
     "paper": AstroConfig,
@@ -57,7 +71,8 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-# ---------------------------------------------------------------------------------------------------- arguments
+# ----------------------------------------------------------------------------------------------------
+# arguments
 @dataclass
 class DataArguments:
     dataset_dir: str | None = field(
@@ -86,8 +101,9 @@ class TrainArguments:
     )
     seed: int = 42
     max_steps: int = field(default=4000, metadata={"help": "Optimizer steps."})
-    max_train_minutes: float | None = field(
-        default=11.0, metadata={"help": "Stop training after this many minutes, even before max_steps."}
+    max_train_minutes: float = field(
+        default=11.0,
+        metadata={"help": "Stop training after this many minutes, even before max_steps (0: no limit)."},
     )
     batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
     gradient_accumulation_steps: int = 1
@@ -98,9 +114,11 @@ class TrainArguments:
     restart_mult: int = field(default=1, metadata={"help": "Growth factor of the cosine cycles (T_mult)."})
     min_learning_rate: float = 1e-5
     num_targets: int = field(default=4, metadata={"help": "Targets per star per step (the paper: 1)."})
-    label_target_fraction: float | None = field(
+    label_target_fraction: float = field(
         default=0.75,
-        metadata={"help": "Chance a star's first target is a label (teff/logg/m_h); None = uniform."},
+        metadata={
+            "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
+        },
     )
     mixed_precision: str = field(
         default="no", metadata={"help": "'no', 'bf16' or 'fp16' (fp16 needs a GPU)."}
@@ -122,30 +140,20 @@ class TrainArguments:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, "datasets.Dataset"]]:
-    """The dataset folder and its train/validation/test splits; the embedded simulated survey by default."""
+def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The dataset folder and its train/validation/test tables; the embedded simulated survey by default."""
     if dataset_dir is None:
         from dataset_builder.default_data import default_dataset
 
         dataset_dir = str(default_dataset())
-    if not Path(dataset_dir, "README.md").is_file():
+    try:
+        return dataset_dir, load_split_tables(dataset_dir, required=REQUIRED_COLUMNS)
+    except ValueError as error:
         raise TrainingInputError(
-            f"{dataset_dir} is not a dataset folder (no README.md with the split configuration): build one with "
-            "`python -m dataset_builder build ...` or leave --dataset_dir unset for the embedded survey."
-        )
-    splits = datasets.load_dataset(dataset_dir)
-    for split in ("train", "validation", "test"):
-        if split not in splits:
-            raise TrainingInputError(f"Dataset {dataset_dir} has no {split!r} split; it has {list(splits)}.")
-        missing = [name for name in REQUIRED_COLUMNS if name not in splits[split].column_names]
-        if missing:
-            raise TrainingInputError(
-                f"The {split!r} split of {dataset_dir} lacks required column(s) {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}: train.py needs {len(REQUIRED_COLUMNS)} columns (source_id, "
-                "the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the labels teff, logg, m_h). Rebuild the "
-                "dataset with `python -m dataset_builder build`."
-            )
-    return dataset_dir, {split: splits[split] for split in ("train", "validation", "test")}
+            f"{error} train.py needs source_id, the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the "
+            "labels "
+            "teff, logg, m_h."
+        ) from error
 
 
 def epoch_batch(step: int, num_stars: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -161,7 +169,8 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-# ---------------------------------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------------------------------
+# checkpoints
 def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: int) -> dict:
     """What a resumed run must share with the checkpoint for the continuation to be exact."""
     keys = (
@@ -177,7 +186,11 @@ def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: 
         "label_target_fraction",
     )
     model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
-    fingerprint = {"model": model, "training": {k: getattr(args, k) for k in keys}, "num_train_stars": num_train_stars}
+    fingerprint = {
+        "model": model,
+        "training": {k: getattr(args, k) for k in keys},
+        "num_train_stars": num_train_stars,
+    }
     return json.loads(json.dumps(fingerprint))  # as read back from training_state.json
 
 
@@ -226,7 +239,7 @@ def check_resumable(checkpoint: Path, fingerprint: dict) -> int:
 def save_checkpoint(
     accelerator: Accelerator, output_dir: Path, step: int, fingerprint: dict, limit: int
 ) -> None:
-    """`save_state` into a temporary folder renamed into place, then drop the oldest checkpoints beyond `limit`."""
+    """`save_state` into a temporary folder renamed into place; drop the oldest checkpoints beyond `limit`."""
     final = output_dir / CHECKPOINTS / f"checkpoint-{step}"
     temporary = output_dir / CHECKPOINTS / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process and temporary.exists():
@@ -259,7 +272,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 @torch.no_grad()
 def validation_loss(model, collator, values, errors, batch_size: int, seed: int) -> float:
-    """Mean Gaussian NLL per target on validation stars, with masks fixed by `seed` (comparable across steps)."""
+    """Mean Gaussian NLL per target on validation stars, masks fixed by `seed` (comparable across steps)."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
@@ -296,7 +309,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Data: the tokenizer is fitted on the training split; stars are encoded once into dense tensors.
     dataset_dir, splits = load_splits(data_args.dataset_dir)
-    train_table = splits["train"].to_pandas()
+    train_table = splits["train"]
     if data_args.max_train_stars:
         train_table = train_table.iloc[: data_args.max_train_stars]
     if len(train_table) < args.batch_size:
@@ -317,11 +330,11 @@ def main(argv: list[str] | None = None) -> Path:
     collator = AstroDataCollator(
         tokenizer,
         num_targets=args.num_targets,
-        label_target_fraction=args.label_target_fraction,
+        label_target_fraction=args.label_target_fraction or None,
         seed=args.seed,
     )
     train_values, train_errors = collator.encode(train_table)
-    val_values, val_errors = collator.encode(splits["validation"].to_pandas().iloc[: args.eval_stars])
+    val_values, val_errors = collator.encode(splits["validation"].iloc[: args.eval_stars])
 
     # Model, optimizer, schedule.
     model = AstroForObservationPrediction(config)
@@ -364,7 +377,8 @@ def main(argv: list[str] | None = None) -> Path:
             index = stars[part * micro_size : (part + 1) * micro_size]
             generator = torch.Generator().manual_seed(seed_for(args.seed, step, part))
             batches.append(collator.sample(train_values[index], train_errors[index], generator))
-        # Exact mean over the step's valid targets, whatever the processes and accumulation (see the model's loss).
+        # Exact mean over the step's valid targets, whatever the processes and accumulation (see the model's
+        # loss).
         local_targets = sum(int((batch["request_ids"] != 0).sum()) for batch in batches)
         num_targets = accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), "sum").item()
         step_loss = torch.zeros((), device=accelerator.device)
@@ -385,8 +399,9 @@ def main(argv: list[str] | None = None) -> Path:
         if not math.isfinite(step_loss):
             accelerator.end_training()
             raise TrainingDivergedError(
-                f"The training loss became {step_loss} at step {step + 1} (learning rate {args.learning_rate}): "
-                f"lower --learning_rate or --max_grad_norm, or try --mixed_precision no. Checkpoints saved before "
+                f"The training loss became {step_loss} at step {step + 1} (learning rate "
+                f"{args.learning_rate}): lower --learning_rate or --max_grad_norm, or --mixed_precision no. "
+                "Checkpoints saved before "
                 f"step {step + 1} in {output_dir / CHECKPOINTS} are intact."
             )
         done = step + 1
@@ -414,8 +429,10 @@ def main(argv: list[str] | None = None) -> Path:
                     f.write(json.dumps(record) + "\n")
         if done % args.save_steps == 0:
             save_checkpoint(accelerator, output_dir, done, fingerprint, args.save_total_limit)
-        if args.max_train_minutes is not None and out_of_time(accelerator, started, args.max_train_minutes):
-            accelerator.print(f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached.")
+        if args.max_train_minutes and out_of_time(accelerator, started, args.max_train_minutes):
+            accelerator.print(
+                f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached."
+            )
             break
     progress.close()
     accelerator.wait_for_everyone()
@@ -445,16 +462,14 @@ def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> boo
 def save_final(
     model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, run_info: dict
 ) -> None:
-    """Save model, tokenizer and the collator code in a temporary folder, then move each file into `output_dir`."""
+    """Save model, tokenizer and collator code in a temporary folder, then move the files to `output_dir`."""
     temporary = output_dir / ".tmp-final"
     if temporary.exists():
         shutil.rmtree(temporary)
     model.save_pretrained(temporary)
     tokenizer.save_pretrained(temporary)
     shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", temporary)
-    (temporary / "training_args.json").write_text(
-        json.dumps({**asdict(args), **run_info}, indent=1)
-    )
+    (temporary / "training_args.json").write_text(json.dumps({**asdict(args), **run_info}, indent=1))
     for path in temporary.iterdir():
         os.replace(path, output_dir / path.name)
     temporary.rmdir()
@@ -489,7 +504,7 @@ def write_model_card(
 
 
 def push_to_hub(output_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create the Hub repository if needed and upload the model folder (not the checkpoints); returns the commit URL."""
+    """Create the Hub repository if needed, upload the model folder (no checkpoints); return the URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

@@ -12,7 +12,7 @@ DEFAULT_LABEL_NAMES = ("teff", "logg", "m_h")
 
 
 def _as_columns(data: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The columns `names` (those present) of a list of row dicts, a dict of arrays or a DataFrame, as float64."""
+    """The columns `names` (those present) of a list of row dicts, a dict of arrays or a DataFrame."""
     if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
         if not data:
             raise ValueError("The batch is empty: pass at least one row.")
@@ -30,28 +30,38 @@ def _as_columns(data: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 class AstroDataCollator:
     r"""
-    Turns dataset rows into training batches with the self-supervised sampling of Leung & Bovy (2024), vectorised
+    Turns dataset rows into training batches with the self-supervised sampling of Leung & Bovy (2024),
+    vectorised
     over the batch. Per star: choose `num_targets` targets among its present observations (at least one
-    observation is left as input), shuffle the remaining present observations, keep up to `context_length` of them
-    and blank a random number `0..min(max_blanked, kept - 1)` of those, so that every star keeps at least one input.
+    observation is left as input), shuffle the remaining present observations, keep up to `context_length` of
+    them
+    and blank a random number `0..min(max_blanked, kept - 1)` of those, so that every star keeps at least one
+    input.
     A target is never an input of the same star; the model sees it only through its request id.
 
-    The paper draws one target per star and epoch; several targets per star and step (`num_targets > 1`) use the
-    same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards `label_names`
+    The paper draws one target per star and epoch; several targets per star and step (`num_targets > 1`) use
+    the
+    same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards
+    `label_names`
     (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised.
 
     Args:
         tokenizer ([`AstroTokenizer`]): standardises values and errors and maps names to token ids.
-        num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get request id
+        num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get
+        request id
             0 and label `label_pad_value`, which the loss ignores.
         context_length (`int`, *optional*): most inputs per star; defaults to the tokenizer's.
-        max_blanked (`int`, defaults to 59): most inputs blanked per star (the paper's 59 for a context of 64).
-        label_names (`Sequence[str]`, defaults to `("teff", "logg", "m_h")`): observations favoured as targets.
-        label_target_fraction (`float`, *optional*): probability that a star's first target is one of its present
+        max_blanked (`int`, defaults to 59): most inputs blanked per star (the paper's 59 for a context of
+        64).
+        label_names (`Sequence[str]`, defaults to `("teff", "logg", "m_h")`): observations favoured as
+        targets.
+        label_target_fraction (`float`, *optional*): probability that a star's first target is one of its
+        present
             `label_names` (later targets are drawn without replacement with the same per-star weights); `None`
             draws targets uniformly, as the paper does.
         label_pad_value (`float`, defaults to NaN): label of padding requests. Use `-100.0` with
-            `transformers.Trainer`, which counts the targets of a batch as `labels != -100` for `num_items_in_batch`.
+            `transformers.Trainer`, which counts the targets of a batch as `labels != -100` for
+            `num_items_in_batch`.
         seed (`int`, defaults to 0): seed of the collator's own `torch.Generator`; the same seed and the same
             sequence of batches give the same samples. [`sample`] also accepts an explicit generator.
 
@@ -59,7 +69,7 @@ class AstroDataCollator:
 
     ```python
     >>> collator = AstroDataCollator(tokenizer, num_targets=4, label_target_fraction=0.75, seed=0)
-    >>> batch = collator([dataset[i] for i in range(8)])  # keys as AstroForObservationPrediction.forward takes
+    >>> batch = collator([dataset[i] for i in range(8)])  # AstroForObservationPrediction.forward keys
     >>> loss = model(**batch).loss
     ```
     """
@@ -81,7 +91,8 @@ class AstroDataCollator:
             raise ValueError(f"`max_blanked` must be >= 0, got {max_blanked}.")
         if label_target_fraction is not None and not 0.0 < label_target_fraction <= 1.0:
             raise ValueError(
-                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got {label_target_fraction}."
+                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got "
+                f"{label_target_fraction}."
             )
         self.tokenizer = tokenizer
         self.num_targets = int(num_targets)
@@ -95,7 +106,7 @@ class AstroDataCollator:
 
     # ------------------------------------------------------------------ state (for exact resumption)
     def state_dict(self) -> dict[str, Any]:
-        """The state of the collator's generator (register the collator with `Accelerator.register_for_checkpointing`)."""
+        """The generator state (the collator can be given to `Accelerator.register_for_checkpointing`)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -105,10 +116,12 @@ class AstroDataCollator:
     # ------------------------------------------------------------------ encoding
     def encode(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Standardised values and errors of every vocabulary observation, shape `(num_stars, vocab_size - 1)` each:
+        Standardised values and errors of every vocabulary observation, shape `(num_stars, vocab_size - 1)`
+        each:
         column `i` is token id `i + 1`, NaN marks a missing value, a missing error is 0.
 
-        `data` is a list of dataset rows (dicts), a dict of columns or a pandas DataFrame, in physical units with
+        `data` is a list of dataset rows (dicts), a dict of columns or a pandas DataFrame, in physical units
+        with
         `<name>_err` error columns; vocabulary observations without a column are missing for every star.
         """
         names = self.tokenizer.observation_names
@@ -134,7 +147,7 @@ class AstroDataCollator:
 
     # ------------------------------------------------------------------ sampling
     def _target_keys(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Keys whose per-star descending order is a weighted draw without replacement (Efraimidis-Spirakis)."""
+        """Keys whose descending order per star is a weighted draw without replacement."""
         keys = torch.log(torch.rand(present.shape, generator=generator).clamp_min(1e-12))
         if self.label_target_fraction is not None:
             is_label = torch.zeros(present.shape[1], dtype=torch.bool)
@@ -156,10 +169,12 @@ class AstroDataCollator:
         self, values: torch.Tensor, errors: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """
-        Draw inputs and targets from encoded stars (see [`encode`]) with `generator` (default: the collator's).
+        Draw inputs and targets from encoded stars (see [`encode`]) with `generator` (default: the
+        collator's).
 
         Returns:
-            `dict` with `input_ids`, `input_values`, `attention_mask` (`(batch, longest input)`), `request_ids`,
+            `dict` with `input_ids`, `input_values`, `attention_mask` (`(batch, longest input)`),
+            `request_ids`,
             `labels` and `label_errors` (`(batch, num_targets)`, standardised).
         """
         generator = self.generator if generator is None else generator
@@ -168,7 +183,8 @@ class AstroDataCollator:
         if (num_present == 0).any():
             rows = (num_present == 0).nonzero().flatten().tolist()
             raise ValueError(
-                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the dataset."
+                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the "
+                "dataset."
             )
         batch_size = values.shape[0]
         rows = torch.arange(batch_size)[:, None]
@@ -182,7 +198,8 @@ class AstroDataCollator:
         labels = torch.where(is_target, values[rows, target_order], self.label_pad_value)
         label_errors = torch.where(is_target, errors[rows, target_order], 0.0)
 
-        # Inputs: the other present observations in random order, up to the context, minus a random number blanked.
+        # Inputs: the other present observations in random order, up to the context, minus a random number
+        # blanked.
         candidates = present.clone()
         candidates[rows.expand_as(target_order)[is_target], target_order[is_target]] = False
         keys = torch.rand(values.shape, generator=generator).masked_fill(~candidates, 2.0)
@@ -204,7 +221,7 @@ class AstroDataCollator:
         }
 
     def __call__(self, rows: Any) -> dict[str, torch.Tensor]:
-        """Encode dataset rows (a list of dicts, as a `DataLoader` passes them) and sample a training batch."""
+        """Encode dataset rows (a list of dicts, as a `DataLoader` passes them) and sample a batch."""
         values, errors = self.encode(rows)
         return self.sample(values, errors)
 

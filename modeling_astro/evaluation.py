@@ -2,8 +2,10 @@
 
     python -m modeling_astro.evaluation --model DIR --data DIR --output_dir DIR
 
-Inputs are BP 0-29, RP 0-29 (divided by the G flux), BP-RP, J-H and J-K, as in Leung & Bovy (2024); predictions of
-the test split are compared to its labels. Results go to `eval_results.json` (per label: the model's and XGBoost's
+Inputs are BP 0-29, RP 0-29 (divided by the G flux), BP-RP, J-H and J-K, as in Leung & Bovy (2024);
+predictions of
+the test split are compared to its labels. Results go to `eval_results.json` (per label: the model's and
+XGBoost's
 `mad_std`, `bias`, `rmse`, `outlier_fraction`, the model's `coverage_1sigma` and PIT histogram) with
 predicted-vs-true PNG plots.
 """
@@ -12,25 +14,28 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
+from huggingface_hub.repocard import metadata_load
 from scipy.stats import norm
 
 from .inference import AstroPredictor
 
 EVALUATION_INPUTS = (*(f"bp{i}" for i in range(30)), *(f"rp{i}" for i in range(30)), "bprp", "jh", "jk")
 EVALUATION_LABELS = ("teff", "logg", "m_h")
+SPLITS = ("train", "validation", "test")
 LABEL_TITLES = {"teff": "Teff [K]", "logg": "log g [dex]", "m_h": "[M/H] [dex]"}
 OUTLIER_MAD_STDS = 3.0
 PIT_BINS = 10
 
 
 def residual_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """MAD-std, median bias, RMSE and the fraction of residuals beyond `OUTLIER_MAD_STDS` MAD-stds of the bias."""
+    """MAD-std, median bias, RMSE and the fraction of residuals beyond `OUTLIER_MAD_STDS` MAD-stds of bias."""
     residual = np.asarray(predicted, dtype=float) - np.asarray(true, dtype=float)
     spread = float(mad_std(residual))
     bias = float(np.median(residual))
@@ -60,7 +65,8 @@ def xgboost_predictions(
         import xgboost
     except ImportError as error:
         raise ImportError(
-            "The XGBoost baseline needs xgboost: `pip install xgboost-cpu` (CPU-only wheel) or `pip install xgboost`."
+            "The XGBoost baseline needs xgboost: `pip install xgboost-cpu` (CPU-only wheel) or "
+            "`pip install xgboost`."
         ) from error
     params = {
         "eta": 0.05,
@@ -90,15 +96,37 @@ def xgboost_predictions(
     return pd.DataFrame(predictions), rounds
 
 
-def load_split_tables(data_dir: str) -> dict[str, pd.DataFrame]:
-    """train/validation/test of a dataset folder as pandas DataFrames."""
-    import datasets
-
-    splits = datasets.load_dataset(str(data_dir))
-    missing = [c for c in (*EVALUATION_INPUTS, *EVALUATION_LABELS) if c not in splits["test"].column_names]
-    if missing:
-        raise ValueError(f"The dataset {data_dir} lacks evaluation column(s) {missing[:8]}; rebuild it.")
-    return {name: splits[name].to_pandas() for name in ("train", "validation", "test")}
+def load_split_tables(
+    data_dir: str, required: Sequence[str] = (*EVALUATION_INPUTS, *EVALUATION_LABELS)
+) -> dict:
+    """
+    train/validation/test of a dataset folder as pandas DataFrames, read from the parquet files its card's
+    `configs` name (no `datasets` cache, which can serve stale tables for a rewritten folder). Raises
+    `ValueError`
+    naming the split and the columns of `required` it lacks.
+    """
+    folder = Path(data_dir)
+    if not (folder / "README.md").is_file():
+        raise ValueError(
+            f"{data_dir} is not a dataset folder (no README.md with the split configuration): build one with "
+            "`python -m dataset_builder build`."
+        )
+    configs = (metadata_load(folder / "README.md") or {}).get("configs") or [{"data_files": []}]
+    patterns = {entry["split"]: entry["path"] for entry in configs[0]["data_files"]}
+    tables = {}
+    for split in SPLITS:
+        files = sorted(folder.glob(patterns.get(split, f"data/{split}-*.parquet")))
+        if not files:
+            raise ValueError(f"Dataset {data_dir} has no {split!r} split (no data/{split}-*.parquet files).")
+        tables[split] = pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
+        missing = [name for name in required if name not in tables[split].columns]
+        if missing:
+            raise ValueError(
+                f"The {split!r} split of {data_dir} lacks required column(s) {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}; rebuild the dataset with "
+                "`python -m dataset_builder build`."
+            )
+    return tables
 
 
 def plot_predictions(
@@ -149,9 +177,11 @@ def evaluate(
     """
     Run the paper's protocol on the test split of `data_dir` with the model saved in `model_path`.
 
-    Stars are evaluated when they have all 60 XP coefficients of the inputs and the label. Returns (and writes to
+    Stars are evaluated when they have all 60 XP coefficients of the inputs and the label. Returns (and writes
+    to
     `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
-    `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's metrics
+    `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's
+    metrics
     under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`.
     """
     output = Path(output_dir)
@@ -240,7 +270,7 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command line entry point: `python -m modeling_astro.evaluation --model DIR --data DIR --output_dir DIR`."""
+    """Command line: `python -m modeling_astro.evaluation --model DIR --data DIR --output_dir DIR`."""
     parser = argparse.ArgumentParser(
         prog="python -m modeling_astro.evaluation",
         description=__doc__,

@@ -34,7 +34,14 @@ def test_batch_shapes_and_sampling_rules(tokenizer):
     collator = AstroDataCollator(tokenizer, num_targets=5, seed=3)
     values, errors = collator.encode(data)
     batch = collator.sample(values, errors)
-    assert set(batch) == {"input_ids", "input_values", "attention_mask", "request_ids", "labels", "label_errors"}
+    assert set(batch) == {
+        "input_ids",
+        "input_values",
+        "attention_mask",
+        "request_ids",
+        "labels",
+        "label_errors",
+    }
     assert batch["input_ids"].shape == batch["input_values"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].shape[1] <= 16 and batch["request_ids"].shape == (200, 5)
     mask = batch["attention_mask"].bool()
@@ -62,8 +69,11 @@ def test_values_and_errors_are_standardised_by_the_tokenizer(tokenizer):
 
 
 def test_stars_with_few_observations_get_padding_requests(tokenizer):
-    data = {"teff": np.array([4800.0, 5000.0, np.nan]), "logg": np.array([2.5, np.nan, 1.0]),
-            "m_h": np.array([0.0, np.nan, np.nan])}  # fmt: skip
+    data = {
+        "teff": np.array([4800.0, 5000.0, np.nan]),
+        "logg": np.array([2.5, np.nan, 1.0]),
+        "m_h": np.array([0.0, np.nan, np.nan]),
+    }
     for pad in (float("nan"), -100.0):
         batch = AstroDataCollator(tokenizer, num_targets=4, label_pad_value=pad)(data)
         assert (batch["request_ids"] != 0).sum(dim=1).tolist() == [2, 0, 0]  # one observation stays an input
@@ -76,13 +86,18 @@ def test_blanking_keeps_between_one_and_context_length_inputs(tokenizer):
     values, errors = AstroDataCollator(tokenizer).encode(random_stars(2000, missing=0.0))
     counts = AstroDataCollator(tokenizer, seed=0).sample(values, errors)["attention_mask"].sum(dim=1)
     assert counts.min() == 1 and counts.max() == 16 and len(counts.unique()) == 16
-    unblanked = AstroDataCollator(tokenizer, max_blanked=0).sample(values, errors)["attention_mask"].sum(dim=1)
+    unblanked = (
+        AstroDataCollator(tokenizer, max_blanked=0).sample(values, errors)["attention_mask"].sum(dim=1)
+    )
     assert (unblanked == 16).all()
 
 
 def test_deterministic_under_a_seed_and_resumable_from_its_state(tokenizer):
     rows = [dict(zip(random_stars(8).keys(), column)) for column in zip(*random_stars(8).values())]
-    first, second = AstroDataCollator(tokenizer, num_targets=3, seed=7), AstroDataCollator(tokenizer, num_targets=3, seed=7)
+    first, second = (
+        AstroDataCollator(tokenizer, num_targets=3, seed=7),
+        AstroDataCollator(tokenizer, num_targets=3, seed=7),
+    )
     a, b = first(rows), second(rows)
     for key in a:
         assert torch.equal(a[key].nan_to_num(), b[key].nan_to_num()), key

@@ -1,4 +1,4 @@
-"""Fine-tuning a train.py checkpoint with transformers.Trainer after adding a new observation to the vocabulary."""
+"""Fine-tuning a train.py checkpoint with transformers.Trainer after adding a new observation."""
 
 import datasets
 import numpy as np
@@ -8,22 +8,26 @@ from transformers import Trainer, TrainingArguments
 
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.data_collator_astro import AstroDataCollator
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
+from modeling_astro.evaluation import load_split_tables
+
+pytest_plugins = ["training_fixtures"]
 
 NEW = "teff_survey2"  # e.g. Teff from another spectroscopic survey, with its own systematics
 
 
 def survey_with_new_label(dataset_dir) -> datasets.Dataset:
     """The tiny survey's training split with a NEW column: a shifted, noisier Teff for half of the stars."""
-    train = datasets.load_dataset(str(dataset_dir))["train"]
+    train = datasets.Dataset.from_pandas(load_split_tables(str(dataset_dir), required=())["train"])
     rng = np.random.default_rng(0)
     new = np.asarray(train["true_teff"], dtype=float) + 80.0 + rng.normal(0, 60.0, len(train))
     new[rng.random(len(train)) < 0.5] = np.nan
-    return train.add_column(NEW, new.astype(np.float32)).add_column(NEW + "_err", np.full(len(train), 60.0, np.float32))
+    return train.add_column(NEW, new.astype(np.float32)).add_column(
+        NEW + "_err", np.full(len(train), 60.0, np.float32)
+    )
 
 
 class RecordingModel(AstroForObservationPrediction):
-    """Records, per forward pass, the `num_items_in_batch` the Trainer passes and the batch's valid targets."""
+    """Records per forward pass the `num_items_in_batch` the Trainer passes and the valid targets."""
 
     calls: list
 
@@ -42,13 +46,27 @@ def fine_tune(checkpoint, dataset, output_dir, label_pad_value: float, max_steps
     values = np.asarray(dataset[NEW], dtype=float)
     tokenizer.add_observations([NEW], medians=[np.nanmedian(values)], scales=[np.nanstd(values)])
     collator = AstroDataCollator(
-        tokenizer, num_targets=4, label_names=[NEW], label_target_fraction=0.9, label_pad_value=label_pad_value
+        tokenizer,
+        num_targets=4,
+        label_names=[NEW],
+        label_target_fraction=0.9,
+        label_pad_value=label_pad_value,
     )
     args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=16,
-        gradient_accumulation_steps=2, learning_rate=1e-3, remove_unused_columns=False, label_names=["labels"],
-        report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     trainer.train()
     return trainer, model, tokenizer, old_weight
@@ -56,13 +74,16 @@ def fine_tune(checkpoint, dataset, output_dir, label_pad_value: float, max_steps
 
 def test_trainer_fine_tunes_a_new_observation(tiny_trained_checkpoint, tiny_survey, tmp_path):
     dataset = survey_with_new_label(tiny_survey)
-    trainer, model, tokenizer, old_weight = fine_tune(tiny_trained_checkpoint, dataset, tmp_path / "run", -100.0)
+    trainer, model, tokenizer, old_weight = fine_tune(
+        tiny_trained_checkpoint, dataset, tmp_path / "run", -100.0
+    )
     new_id = tokenizer.token_id(NEW)
     embedding = model.get_input_embeddings().weight
     assert new_id == len(old_weight) == embedding.shape[0] - 1 and model.config.observation_names[-1] == NEW
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and all(np.isfinite(losses))
-    # The Trainer counts `labels != -100` over each accumulated step: exactly the valid targets of its micro-batches.
+    # The Trainer counts `labels != -100` over each accumulated step: exactly the valid targets of its micro-
+    # batches.
     steps = [model.calls[i : i + 2] for i in range(0, len(model.calls), 2)]
     assert len(steps) == 4
     for (count_a, valid_a), (count_b, valid_b) in steps:
@@ -85,11 +106,11 @@ def test_nan_padding_would_overcount_items_for_the_trainer(tiny_trained_checkpoi
 
 @pytest.mark.parametrize("accumulation", [1, 4])
 def test_loss_is_exact_under_gradient_accumulation(tiny_trained_checkpoint, tiny_survey, accumulation):
-    """Summed micro-batch losses with `num_items_in_batch` = total valid targets give the full-batch gradient."""
+    """Micro-batch losses with `num_items_in_batch` = all valid targets sum to the full-batch gradient."""
     model = AstroForObservationPrediction.from_pretrained(tiny_trained_checkpoint)
     tokenizer = AstroTokenizer.from_pretrained(tiny_trained_checkpoint)
     collator = AstroDataCollator(tokenizer, num_targets=4, label_pad_value=-100.0)
-    rows = list(datasets.load_dataset(str(tiny_survey))["validation"].select(range(32)))
+    rows = load_split_tables(str(tiny_survey), required=())["validation"].iloc[:32].to_dict("records")
     values, errors = collator.encode(rows)
     batch = collator.sample(values, errors, torch.Generator().manual_seed(0))
     model.zero_grad()

@@ -1,4 +1,4 @@
-"""--push_to_hub without network: huggingface_hub's HTTP client is replaced by a mock transport of the Hub API."""
+"""--push_to_hub without network: huggingface_hub's HTTP client gets a mock transport of the Hub API."""
 
 import base64
 import json
@@ -8,7 +8,8 @@ import pytest
 from huggingface_hub import set_client_factory
 
 import train
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
+
+pytest_plugins = ["training_fixtures"]
 
 
 class FakeHub:
@@ -22,22 +23,36 @@ class FakeHub:
         if path == "/api/repos/create":
             body = json.loads(request.content)
             self.created.append(body)
-            return httpx2.Response(200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"})
+            return httpx2.Response(
+                200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"}
+            )
         if path == "/api/validate-yaml":
             self.validated_yaml.append(json.loads(request.content)["content"])
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
-            ]})  # fmt: skip
+            return httpx2.Response(
+                200,
+                json={
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                        for f in files
+                    ]
+                },
+            )
         if "/commit/" in path:
             for line in request.content.decode().splitlines():
                 entry = json.loads(line)
                 if entry["key"] == "file":
                     self.committed[entry["value"]["path"]] = base64.b64decode(entry["value"]["content"])
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/user/astro/commit/0123",
-                                              "commitOid": "0123" * 10, "pullRequestUrl": None})  # fmt: skip
+            return httpx2.Response(
+                200,
+                json={
+                    "commitUrl": "https://huggingface.co/user/astro/commit/0123",
+                    "commitOid": "0123" * 10,
+                    "pullRequestUrl": None,
+                },
+            )
         return httpx2.Response(404, json={"error": f"{request.method} {path} is not part of the fake Hub"})
 
 
@@ -55,11 +70,19 @@ def test_push_commits_exactly_the_model_folder(tiny_trained_checkpoint, fake_hub
     assert url == "https://huggingface.co/user/astro/commit/0123"
     assert [(body["organization"], body["name"]) for body in fake_hub.created] == [("user", "astro")]
     expected = {
-        path.name for path in tiny_trained_checkpoint.iterdir() if path.is_file() and not path.name.endswith(".tmp")
+        path.name
+        for path in tiny_trained_checkpoint.iterdir()
+        if path.is_file() and not path.name.endswith(".tmp")
     }
     assert set(fake_hub.committed) == expected, "the whole model folder and nothing else (no checkpoints/)"
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_astro.py",
-            "data_collator_astro.py", "README.md"} <= expected  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "modeling_astro.py",
+        "data_collator_astro.py",
+        "README.md",
+    } <= expected
     for name in ("config.json", "model.safetensors", "README.md"):
         assert fake_hub.committed[name] == (tiny_trained_checkpoint / name).read_bytes()
     assert fake_hub.validated_yaml and "library_name: transformers" in fake_hub.validated_yaml[0]
@@ -69,8 +92,20 @@ def test_train_cli_pushes_after_training(tiny_survey, tmp_path, fake_hub, monkey
     from training_fixtures import tiny_train_args
 
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    output = train.main(tiny_train_args(tiny_survey, tmp_path / "model", "--max_steps", "5", "--save_steps", "2",
-                                        "--push_to_hub", "true", "--hub_model_id", "user/astro"))  # fmt: skip
+    output = train.main(
+        tiny_train_args(
+            tiny_survey,
+            tmp_path / "model",
+            "--max_steps",
+            "5",
+            "--save_steps",
+            "2",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "user/astro",
+        )
+    )
     assert "README.md" in fake_hub.committed and "model.safetensors" in fake_hub.committed
     assert not [name for name in fake_hub.committed if name.startswith("checkpoints/")]
     assert (output / "checkpoints").is_dir()

@@ -1,4 +1,4 @@
-"""train.py end to end on a tiny simulated survey: outputs, exact resume after SIGKILL, two processes, bad input."""
+"""train.py end to end on a tiny survey: outputs, exact resume after SIGKILL, two processes, bad input."""
 
 import json
 import os
@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
+from training_fixtures import tiny_train_args
 
 import train
-from training_fixtures import tiny_survey, tiny_train_args, tiny_trained_checkpoint  # noqa: F401
+
+pytest_plugins = ["training_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,9 +26,22 @@ REPO = Path(__file__).resolve().parents[1]
 def short_run_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
     """A 30-step run of the tiny preset with a checkpoint every 10 steps and a loss record every step."""
     return tiny_train_args(
-        dataset, output_dir, "--max_steps", "30", "--batch_size", "32", "--save_steps", "10",
-        "--logging_steps", "1", "--eval_steps", "10", "--save_total_limit", "5", *extra,
-    )  # fmt: skip
+        dataset,
+        output_dir,
+        "--max_steps",
+        "30",
+        "--batch_size",
+        "32",
+        "--save_steps",
+        "10",
+        "--logging_steps",
+        "1",
+        "--eval_steps",
+        "10",
+        "--save_total_limit",
+        "5",
+        *extra,
+    )
 
 
 def losses(output_dir: Path) -> dict[int, float]:
@@ -35,8 +50,15 @@ def losses(output_dir: Path) -> dict[int, float]:
 
 def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def finish(process: subprocess.Popen) -> int:
@@ -46,9 +68,18 @@ def finish(process: subprocess.Popen) -> int:
 
 def test_run_writes_a_hub_ready_folder(tiny_trained_checkpoint):
     names = {path.name for path in tiny_trained_checkpoint.iterdir()}
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_astro.py",
-            "configuration_astro.py", "feature_extraction_astro.py", "data_collator_astro.py", "README.md",
-            "metrics.jsonl", "training_args.json"} <= names  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "modeling_astro.py",
+        "configuration_astro.py",
+        "feature_extraction_astro.py",
+        "data_collator_astro.py",
+        "README.md",
+        "metrics.jsonl",
+        "training_args.json",
+    } <= names
     assert not [name for name in names if "tmp" in name]
     card = (tiny_trained_checkpoint / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n") and "Leung" in card and "$" not in card
@@ -81,15 +112,29 @@ def test_sigkill_then_resume_continues_exactly(tiny_survey, tmp_path):
 def test_two_processes_train_together_like_gradient_accumulation(tiny_survey, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two_processes"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train.py"),
-               *short_run_args(tiny_survey, two, "--max_steps", "10")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "train.py"),
+        *short_run_args(tiny_survey, two, "--max_steps", "10"),
+    ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((two / "training_args.json").read_text())["num_processes"] == 2
     one = tmp_path / "one_process"
     train.main(short_run_args(tiny_survey, one, "--max_steps", "10", "--gradient_accumulation_steps", "2"))
-    # Same global batch split the same way: 2 processes x 1 micro-batch == 1 process x 2 accumulated micro-batches.
+    # Same global batch split the same way: 2 processes x 1 micro-batch == 1 process x 2 accumulated micro-
+    # batches.
     np.testing.assert_allclose(list(losses(two).values()), list(losses(one).values()), rtol=1e-4)
 
 
@@ -146,14 +191,16 @@ FRESH_EVALUATION = textwrap.dedent(
                 raise ImportError(f"{name} is blocked in this test")
 
     sys.meta_path.insert(0, BlockProject())
-    import datasets, numpy as np, torch
+    from pathlib import Path
+
+    import numpy as np, pandas as pd, torch
     from astropy.stats import mad_std
     from transformers import AutoFeatureExtractor, AutoModelForPreTraining
 
     folder, data, names = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     model = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
     tokenizer = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
-    test = datasets.load_dataset(data)["test"].to_pandas()
+    test = pd.concat([pd.read_parquet(p) for p in sorted(Path(data).glob("data/test-*.parquet"))])
     test = test[np.isfinite(test[names[:60]].to_numpy()).all(axis=1)]  # stars with XP, as the evaluation
     inputs = tokenizer(test[names + [n + "_err" for n in names]], return_tensors="pt")
     requests = tokenizer.encode_requests(["teff", "logg", "m_h"], batch_size=len(test))
@@ -169,7 +216,9 @@ FRESH_EVALUATION = textwrap.dedent(
 )
 
 
-def test_checkpoint_reproduces_the_evaluation_in_a_fresh_process(tiny_trained_checkpoint, tiny_survey, tmp_path):
+def test_checkpoint_reproduces_the_evaluation_in_a_fresh_process(
+    tiny_trained_checkpoint, tiny_survey, tmp_path
+):
     from modeling_astro.evaluation import EVALUATION_INPUTS, evaluate
 
     results = evaluate(str(tiny_trained_checkpoint), str(tiny_survey), str(tmp_path), baseline=False)
@@ -180,9 +229,19 @@ def test_checkpoint_reproduces_the_evaluation_in_a_fresh_process(tiny_trained_ch
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     fresh = subprocess.run(
-        [sys.executable, str(script), str(tiny_trained_checkpoint), str(tiny_survey), json.dumps(EVALUATION_INPUTS)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(script),
+            str(tiny_trained_checkpoint),
+            str(tiny_survey),
+            json.dumps(EVALUATION_INPUTS),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     reproduced = json.loads(fresh.stdout.strip().splitlines()[-1])
     for label, spread in reproduced.items():

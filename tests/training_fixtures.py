@@ -1,6 +1,7 @@
 """Session-scoped fixtures: a small simulated survey and a tiny model trained on it with train.py.
 
-Use them from a test module with ``from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401``.
+Use them from a test module with ``from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa:
+F401``.
 """
 
 from pathlib import Path
@@ -31,11 +32,32 @@ def make_survey(folder: Path, n_stars: int = TINY_SURVEY_STARS, seed: int = 0) -
 def tiny_train_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
     """train.py arguments for a run of a few seconds on a tiny survey (extra arguments override)."""
     return [
-        "--dataset_dir", str(dataset), "--output_dir", str(output_dir),
-        "--max_steps", "120", "--batch_size", "64", "--logging_steps", "20", "--eval_steps", "60",
-        "--eval_stars", "256", "--save_steps", "60", "--restart_steps", "120", "--learning_rate", "2e-3",
-        "--model_preset", "tiny", "--do_eval", "false", *extra,
-    ]  # fmt: skip
+        "--dataset_dir",
+        str(dataset),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "120",
+        "--batch_size",
+        "64",
+        "--logging_steps",
+        "20",
+        "--eval_steps",
+        "60",
+        "--eval_stars",
+        "256",
+        "--save_steps",
+        "60",
+        "--restart_steps",
+        "120",
+        "--learning_rate",
+        "2e-3",
+        "--model_preset",
+        "tiny",
+        "--do_eval",
+        "false",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +68,7 @@ def tiny_survey(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_trained_checkpoint(tmp_path_factory, tiny_survey) -> Path:
-    """The output folder of `train.main` on the tiny survey (tiny preset): model, tokenizer, collator, card."""
+    """Output folder of `train.main` on the tiny survey (tiny preset): model, tokenizer, collator, card."""
     import train
 
     output_dir = tmp_path_factory.mktemp("tiny_trained") / "model"
