@@ -5,7 +5,7 @@ The absolute flux of the star at a fixed distance is ``F = (coefficients / f_G) 
 ``f_G ~ g_fakemag**-2``, so its magnitude is
 ``m(lambda) = -2.5 log10(flux / f_G) + 5 log10(g_fakemag) + const``, and the extinction is
 ``A(lambda) = m(lambda, E) - m(lambda, 0)``. A straight-line fit of ``m`` against E(B-V) per wavelength
-gives ``A(lambda)/E(B-V)``; the curves of several reference stars are averaged.
+gives ``A(lambda)/E(B-V)``; the median over several reference stars is robust to one badly generated star.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class ExtinctionCurve:
 
     Attributes:
         wavelength: (W,) [nm].
-        a_over_ebv: (W,) mean over the reference stars.
-        a_over_ebv_sigma: (W,) standard error of that mean (NaN with one star).
+        a_over_ebv: (W,) median over the reference stars.
+        a_over_ebv_sigma: (W,) standard error of that median, 1.2533 std / sqrt(n) (NaN with one star).
         per_star: (S, W) the curve of each reference star.
     """
 
@@ -90,16 +90,16 @@ def extinction_curve(
     per_star = np.sum(centred * (magnitude - magnitude.mean(axis=1, keepdims=True)), axis=1) / np.sum(
         centred**2
     )
-    mean = np.nanmean(per_star, axis=0)
+    median = np.nanmedian(per_star, axis=0)
     counts = np.sum(np.isfinite(per_star), axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         sigma = (
             np.nanstd(per_star, axis=0, ddof=1) / np.sqrt(counts)
             if n_stars > 1
-            else np.full_like(mean, np.nan)
+            else np.full_like(median, np.nan)
         )
     wavelength = sample_xp(prediction.iloc[:1]).wavelength
-    return ExtinctionCurve(wavelength, mean, sigma, per_star)
+    return ExtinctionCurve(wavelength, median, 1.2533 * sigma, per_star)
 
 
 def max_relative_error(
@@ -117,7 +117,7 @@ def plot_extinction_curve(
     path: str | os.PathLike,
     law_label: str = "injected law (G23, R_V = 3.1)",
 ) -> None:
-    """Plot the derived A(lambda)/E(B-V) (per star, mean with 1-sigma band) against the law; PNG."""
+    """Plot the derived A(lambda)/E(B-V) (per star, median with 1-sigma band) against the law; PNG."""
     figure, (axis,) = new_figure(width=7.0)
     for star in curve.per_star:
         axis.plot(curve.wavelength, star, color="0.7", lw=0.7)
@@ -129,7 +129,7 @@ def plot_extinction_curve(
         alpha=0.3,
         lw=0,
     )
-    axis.plot(curve.wavelength, curve.a_over_ebv, color="C0", label="model (mean of reference stars)")
+    axis.plot(curve.wavelength, curve.a_over_ebv, color="C0", label="model (median of reference stars)")
     axis.plot(curve.wavelength, law, color="C3", ls="--", label=law_label)
     axis.axvspan(400, 1000, color="0.95", zorder=-1)
     axis.set_xlabel("wavelength [nm]")
