@@ -152,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", help="default: this process's accelerator, else CPU")
     args = parser.parse_args(argv)
-    device = args.device or PartialState().device
+    # the first PartialState fixes the process group: on CPU-only runs it must be told, or each process of
+    # `accelerate launch`/`torchrun` would believe it is alone and predict every shard
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+    device = args.device or state.device
     predictor = AstroPredictor.from_pretrained(
         args.model, device=device, batch_size=args.batch_size, dtype=DTYPES[args.dtype]
     )

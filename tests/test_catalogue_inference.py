@@ -89,8 +89,6 @@ def test_predictions_match_in_memory_predictor(catalogue, tmp_path):
 
 def test_killed_run_resumes_without_duplicate_or_missing_rows(catalogue, tmp_path):
     model, data = catalogue
-    clean = run_command(model, data, tmp_path / "clean")
-    assert clean.returncode == 0, clean.stderr
     # SIGKILL the process in the middle of its third shard (second chunk write of the shard with 31 rows).
     killer = """
         import os, signal
@@ -110,9 +108,12 @@ def test_killed_run_resumes_without_duplicate_or_missing_rows(catalogue, tmp_pat
     assert finished == [path.name for path in input_shards(data, "test")[:2]]  # the third is not half-written
     resumed = run_command(model, data, tmp_path / "resumed")
     assert resumed.returncode == 0, resumed.stderr
-    result, expected = read_predictions(tmp_path / "resumed"), read_predictions(tmp_path / "clean")
+    result = read_predictions(tmp_path / "resumed")
     assert result["source_id"].is_unique and len(result) == sum(SHARD_ROWS)
-    pd.testing.assert_frame_equal(result, expected)
+    frame = pd.concat([pd.read_parquet(path) for path in input_shards(data, "test")], ignore_index=True)
+    predictor = AstroPredictor.from_pretrained(str(model), device="cpu")
+    expected = predictor.predict(frame, REQUEST, keep_columns=["source_id"])
+    pd.testing.assert_frame_equal(result, expected, check_exact=False, rtol=1e-5)
 
 
 def test_missing_folder_and_columns_are_explained(catalogue, tmp_path):
@@ -124,3 +125,24 @@ def test_missing_folder_and_columns_are_explained(catalogue, tmp_path):
         predict_catalogue(
             predictor, data, tmp_path / "out", REQUEST, split="test", inputs=["bp0", "g_fakemag"]
         )
+
+
+def test_two_processes_share_the_shards(catalogue, tmp_path):
+    model, data = catalogue
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
+    command += ["-m", "modeling_astro.catalogue_inference", "--model", str(model), "--data", str(data)]
+    command += ["--out", str(tmp_path), "--split", "test", "--request", *REQUEST]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0" in result.stderr and "process 1" in result.stderr  # each process had its share
+    predictions = read_predictions(tmp_path)
+    assert len(predictions) == sum(SHARD_ROWS) and predictions["source_id"].is_unique
