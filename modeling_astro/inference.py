@@ -228,7 +228,9 @@ class AstroPredictor:
         Args:
             data: the stars' observations in physical units, one column per observation name (1-sigma errors
                 in `<name>_err` columns): a dict of arrays, a pandas DataFrame, an astropy Table, a `datasets`
-                Dataset or batch. Missing values (NaN) are simply not given to the model.
+                Dataset or batch. Missing values (NaN) are simply not given to the model. A star with more
+                observations than the context length keeps the first ones in vocabulary order: pass only the
+                columns meant as inputs.
             request: observation names to predict, e.g. `["teff", "logg", "m_h"]`; an unknown name raises
                 `ObservationNameError` with suggestions.
             errors: 1-sigma errors per observation name (same rows as `data`), overriding `<name>_err`.
