@@ -60,6 +60,8 @@ MODEL_PRESETS = {
 }
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
+PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
+UNPLANNED = 10**9  # cosine period until the steps are planned: a constant learning rate
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -100,7 +102,12 @@ class TrainArguments:
         default="astro-small-simulated", metadata={"help": "Checkpoints and final model."}
     )
     seed: int = 42
-    max_steps: int = field(default=4000, metadata={"help": "Optimizer steps."})
+    max_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps; 0 = as many as fit in --max_train_minutes (timed over the first steps)."
+        },
+    )
     max_train_minutes: float = field(
         default=11.0,
         metadata={"help": "Stop training after this many minutes, even before max_steps (0: no limit)."},
@@ -110,7 +117,10 @@ class TrainArguments:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
-    restart_steps: int = field(default=4000, metadata={"help": "Steps of the first cosine cycle (T_0)."})
+    restart_steps: int = field(
+        default=0,
+        metadata={"help": "Steps of the first cosine cycle (T_0); 0 = one cycle over all the steps."},
+    )
     restart_mult: int = field(default=1, metadata={"help": "Growth factor of the cosine cycles (T_mult)."})
     min_learning_rate: float = 1e-5
     num_targets: int = field(default=4, metadata={"help": "Targets per star per step (the paper: 1)."})
@@ -213,8 +223,8 @@ def find_checkpoint(output_dir: Path, name: str) -> Path:
     return found[-1].parent
 
 
-def check_resumable(checkpoint: Path, fingerprint: dict) -> int:
-    """The step of `checkpoint`; raises if it was written by a run with another model, data or schedule."""
+def check_resumable(checkpoint: Path, fingerprint: dict) -> tuple[int, int | None]:
+    """The step and planned steps of `checkpoint`; raises if its run had another model, data or schedule."""
     state = json.loads((checkpoint / "training_state.json").read_text())
     saved = state["fingerprint"]
     differences = [
@@ -233,11 +243,16 @@ def check_resumable(checkpoint: Path, fingerprint: dict) -> int:
             + "; ".join(differences[:6])
             + "). Resume with the arguments of that run, or train into a new --output_dir."
         )
-    return int(state["step"])
+    return int(state["step"]), state.get("max_steps")
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: Path, step: int, fingerprint: dict, limit: int
+    accelerator: Accelerator,
+    output_dir: Path,
+    step: int,
+    max_steps: int | None,
+    fingerprint: dict,
+    limit: int,
 ) -> None:
     """`save_state` into a temporary folder renamed into place; drop the oldest checkpoints beyond `limit`."""
     final = output_dir / CHECKPOINTS / f"checkpoint-{step}"
@@ -247,7 +262,9 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))
     if accelerator.is_main_process:
-        (temporary / "training_state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
+        (temporary / "training_state.json").write_text(
+            json.dumps({"step": step, "max_steps": max_steps, "fingerprint": fingerprint})
+        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -340,17 +357,25 @@ def main(argv: list[str] | None = None) -> Path:
     model = AstroForObservationPrediction(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=args.restart_steps, T_mult=args.restart_mult, eta_min=args.min_learning_rate
+        optimizer,
+        T_0=args.restart_steps or args.max_steps or UNPLANNED,
+        T_mult=args.restart_mult,
+        eta_min=args.min_learning_rate,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     fingerprint = run_fingerprint(config, args, len(train_table))
 
-    start_step = 0
+    if not args.max_steps and not args.max_train_minutes:
+        raise TrainingInputError(
+            "Give --max_steps, or --max_train_minutes to fit the steps into a time budget."
+        )
+    start_step, max_steps = 0, args.max_steps or None
     metrics_path = output_dir / METRICS_FILE
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        start_step = check_resumable(checkpoint, fingerprint)
+        start_step, planned = check_resumable(checkpoint, fingerprint)
+        max_steps = args.max_steps or planned
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"Resumed from {checkpoint} at step {start_step}.")
     if accelerator.is_main_process:
@@ -362,14 +387,11 @@ def main(argv: list[str] | None = None) -> Path:
     rank, micro_size = accelerator.process_index, args.batch_size // micro_batches
     model.train()
     progress = tqdm(
-        range(start_step, args.max_steps),
-        initial=start_step,
-        total=args.max_steps,
-        desc="training",
-        disable=not accelerator.is_local_main_process,
+        initial=start_step, total=max_steps, desc="training", disable=not accelerator.is_local_main_process
     )
     started, window_start, window_stars, done = time.perf_counter(), time.perf_counter(), 0, start_step
-    for step in progress:
+    while max_steps is None or done < max_steps:
+        step = done
         stars = epoch_batch(step, len(train_values), args.batch_size, args.seed)
         batches = []
         for micro in range(args.gradient_accumulation_steps):
@@ -405,7 +427,15 @@ def main(argv: list[str] | None = None) -> Path:
                 f"step {step + 1} in {output_dir / CHECKPOINTS} are intact."
             )
         done = step + 1
-        if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == args.max_steps:
+        progress.update()
+        if not args.max_steps and (done - start_step) % PLAN_STEPS == 0:  # fit the cosine into the time left
+            max_steps = plan_steps(
+                accelerator, done, done - start_step, time.perf_counter() - started, args.max_train_minutes
+            )
+            if not args.restart_steps:
+                scheduler.T_0 = scheduler.T_i = max(max_steps, 1)
+            progress.total = max_steps
+        if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == max_steps:
             now = time.perf_counter()
             record = {
                 "step": done,
@@ -415,7 +445,7 @@ def main(argv: list[str] | None = None) -> Path:
                 "stars_per_s": round(window_stars / (now - window_start), 1),
                 "elapsed_s": round(now - started, 1),
             }
-            if done % args.eval_steps == 0 or done == args.max_steps:
+            if done % args.eval_steps == 0 or done == max_steps:
                 record["val_loss"] = validation_loss(
                     accelerator.unwrap_model(model), collator, val_values, val_errors, 512, args.seed
                 )
@@ -428,7 +458,7 @@ def main(argv: list[str] | None = None) -> Path:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
         if done % args.save_steps == 0:
-            save_checkpoint(accelerator, output_dir, done, fingerprint, args.save_total_limit)
+            save_checkpoint(accelerator, output_dir, done, max_steps, fingerprint, args.save_total_limit)
         if args.max_train_minutes and out_of_time(accelerator, started, args.max_train_minutes):
             accelerator.print(
                 f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached."
@@ -444,13 +474,20 @@ def main(argv: list[str] | None = None) -> Path:
         results = evaluate(str(output_dir), dataset_dir, str(output_dir)) if args.do_eval else None
         if results is not None:
             print(format_table(results))
-        write_model_card(output_dir, results, args, model_args, dataset_dir)
+        write_model_card(output_dir, results, args, model_args, run_info)
         if args.push_to_hub:
             url = push_to_hub(output_dir, args.hub_model_id, private=args.hub_private_repo)
             print(f"Pushed to {url}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+def plan_steps(accelerator: Accelerator, done: int, steps_timed: int, seconds: float, minutes: float) -> int:
+    """Total steps that fit in `minutes` at the average speed so far (95% margin; same on every process)."""
+    remaining = max(60 * minutes - seconds, 0.0)
+    planned = torch.tensor(done + int(0.95 * remaining * steps_timed / seconds), device=accelerator.device)
+    return int(accelerator.gather(planned[None]).min())
 
 
 def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> bool:
@@ -476,7 +513,7 @@ def save_final(
 
 
 def write_model_card(
-    output_dir: Path, results: dict | None, args: TrainArguments, model_args: ModelArguments, dataset_dir: str
+    output_dir: Path, results: dict | None, args: TrainArguments, model_args: ModelArguments, run_info: dict
 ) -> None:
     """Fill the `model_card.md` template of the repository into `output_dir/README.md`."""
     from string import Template
@@ -485,12 +522,13 @@ def write_model_card(
     config = AstroConfig.from_pretrained(output_dir)
     card = template.substitute(
         model_id=args.hub_model_id or output_dir.name,
-        dataset_name=Path(dataset_dir).name,
+        dataset_name=Path(run_info["dataset_dir"]).name,
         num_parameters=f"{AstroForObservationPrediction(config).num_parameters():,}",
         model_preset=model_args.model_preset,
         training_summary=(
-            f"{args.max_steps} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate}, "
-            f"weight decay {args.weight_decay}) with cosine warm restarts (T_0 {args.restart_steps}), "
+            f"{run_info['final_step']} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate}, "
+            f"weight decay {args.weight_decay}) with cosine warm restarts "
+            f"(T_0 {args.restart_steps or run_info['final_step']}), "
             f"{args.num_targets} targets per star per step, label target fraction "
             f"{args.label_target_fraction}, seed {args.seed}"
         ),

@@ -86,7 +86,7 @@ def xgboost_predictions(
         booster = xgboost.train(
             params,
             xgboost.DMatrix(train[inputs], label=train[label]),
-            num_boost_round=3000,
+            num_boost_round=2000,
             evals=[(xgboost.DMatrix(validation[inputs], label=validation[label]), "validation")],
             early_stopping_rounds=50,
             verbose_eval=False,

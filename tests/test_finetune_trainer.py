@@ -123,3 +123,49 @@ def test_loss_is_exact_under_gradient_accumulation(tiny_trained_checkpoint, tiny
         part = {key: value[start : start + size] for key, value in batch.items()}
         model(**part, num_items_in_batch=total).loss.backward()
     torch.testing.assert_close(model.head.mean.weight.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+SHIPPED_COLLATOR = """
+import sys
+
+class BlockProject:  # the project's packages are absent
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder", "train"):
+            raise ImportError(f"{name} is blocked in this test")
+
+sys.meta_path.insert(0, BlockProject())
+from transformers import AutoFeatureExtractor
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+folder = sys.argv[1]
+collator_class = get_class_from_dynamic_module("data_collator_astro.AstroDataCollator", folder)
+tokenizer = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+stars = {"teff": [5000.0, 4500.0], "logg": [4.4, 2.0], "bprp": [0.8, 1.2]}
+batch = collator_class(tokenizer, num_targets=2)(stars)
+assert "transformers_modules" in collator_class.__module__, collator_class.__module__
+print("OK", sorted(batch), tuple(batch["request_ids"].shape))
+"""
+
+
+def test_collator_ships_with_the_checkpoint(tiny_trained_checkpoint, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "collator.py"
+    script.write_text(SHIPPED_COLLATOR)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_trained_checkpoint)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "OK ['attention_mask', 'input_ids', 'input_values', 'label_errors', 'labels', 'request_ids'] (2, 2)"
+        in (result.stdout)
+    )
