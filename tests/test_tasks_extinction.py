@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from dust_extinction.parameter_averages import G23
-from training_fixtures import tiny_trained_checkpoint  # noqa: F401
+from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from dataset_builder.features import g_band_flux
 from dataset_builder.physics import (

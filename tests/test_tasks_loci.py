@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from training_fixtures import tiny_trained_checkpoint  # noqa: F401
+from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import plot_loci, stellar_loci

@@ -5,7 +5,7 @@ import ast
 import numpy as np
 import pandas as pd
 import pytest
-from training_fixtures import tiny_trained_checkpoint  # noqa: F401
+from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from conftest import SHARED_DATA
 from modeling_astro.inference import AstroPredictor

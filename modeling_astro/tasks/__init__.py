@@ -5,7 +5,8 @@
 - `inpainting`: BP -> RP, RP -> BP, and filling missing coefficients;
 - `loci`: Teff and colours over a (log g, [M/H]) grid;
 - `extinction`: A(lambda)/E(B-V) from spectra generated at several E(B-V);
-- `similarity`: per-star embeddings and top-k cosine search; `contrastive`: InfoNCE fine-tuning of two views.
+- `similarity`: per-star embeddings and top-k cosine search; `contrastive`: InfoNCE fine-tuning of two views;
+- `pipeline`: `AstroObservationPipeline`, registered as the transformers task "astro-observation-prediction".
 
 These modules need the repository's `dataset_builder` (GaiaXPy forward model, extinction law) and are not
 shipped inside checkpoint folders.
@@ -31,6 +32,7 @@ from .labels import (
     select_inputs,
 )
 from .loci import LOCI_REQUEST, plot_loci, stellar_loci
+from .pipeline import AstroObservationPipeline
 from .similarity import embed_stars, retrieval_accuracy, top_k_similar
 from .spectra import (
     BP_NAMES,
@@ -46,6 +48,7 @@ from .spectra import (
 )
 
 __all__ = [
+    "AstroObservationPipeline",
     "BP_NAMES",
     "DEFAULT_EBV",
     "DEFAULT_REFERENCE_STARS",
