@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from dust_extinction.parameter_averages import G23
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from dataset_builder.features import g_band_flux
 from dataset_builder.physics import (
@@ -26,6 +25,8 @@ from modeling_astro.tasks import (
     max_relative_error,
     plot_extinction_curve,
 )
+
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
 
 
 class SimulatorPredictor:
@@ -67,7 +68,7 @@ class SimulatorPredictor:
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:
     return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=256)
 
 

@@ -4,19 +4,20 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import BP_NAMES, RP_NAMES, XP_NAMES, fill_missing_coefficients, inpaint_band
 
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+
 
 @pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:
     return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=128)
 
 
 @pytest.fixture(scope="module")
-def stars(tiny_survey) -> pd.DataFrame:  # noqa: F811
+def stars(tiny_survey) -> pd.DataFrame:
     test = datasets.load_dataset(str(tiny_survey), split="test").to_pandas()
     return test[test[["bp0", "rp0"]].notna().all(axis=1)].iloc[:30].reset_index(drop=True)
 
@@ -54,7 +55,7 @@ def test_fill_missing_coefficients_fills_only_the_gaps(predictor, stars):
     )
 
 
-def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, stars):  # noqa: F811
+def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, stars):
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
     pd.testing.assert_frame_equal(
         inpaint_band(predictor, stars.iloc[:8]),

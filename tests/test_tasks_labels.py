@@ -4,7 +4,6 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from modeling_astro import ObservationNameError
 from modeling_astro.inference import AstroPredictor
@@ -16,14 +15,16 @@ from modeling_astro.tasks import (
     select_inputs,
 )
 
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+
 
 @pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:
     return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=128)
 
 
 @pytest.fixture(scope="module")
-def test_stars(tiny_survey) -> pd.DataFrame:  # noqa: F811
+def test_stars(tiny_survey) -> pd.DataFrame:
     return datasets.load_dataset(str(tiny_survey), split="test").to_pandas()
 
 
@@ -63,7 +64,7 @@ def test_prediction_ignores_the_stars_own_labels(predictor, test_stars):
     assert set(select_inputs(stars, SPECTRA_INPUTS)) <= allowed
 
 
-def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, test_stars):  # noqa: F811
+def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, test_stars):
     stars = test_stars.iloc[:12]
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
     pd.testing.assert_frame_equal(
@@ -71,7 +72,7 @@ def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, test_stars
     )
 
 
-def test_streaming_equals_in_memory(predictor, tiny_survey):  # noqa: F811
+def test_streaming_equals_in_memory(predictor, tiny_survey):
     split = datasets.load_dataset(str(tiny_survey), split="test").select(range(150))
     inputs = split.select_columns([c for c in split.column_names if c.removesuffix("_err") in SPECTRA_INPUTS])
     streamed = pd.concat(predictor.predict_stream(inputs, list(LABEL_REQUEST), rows_per_chunk=64))

@@ -2,14 +2,15 @@
 
 import numpy as np
 import pytest
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import plot_loci, stellar_loci
 
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+
 
 @pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:
     return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
 
 

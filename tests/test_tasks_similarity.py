@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import (
@@ -18,9 +17,11 @@ from modeling_astro.tasks import (
     top_k_similar,
 )
 
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+
 
 @pytest.fixture(scope="module")
-def stars(tiny_survey) -> pd.DataFrame:  # noqa: F811
+def stars(tiny_survey) -> pd.DataFrame:
     test = datasets.load_dataset(str(tiny_survey), split="test").to_pandas()
     both = test[["bp0", "teff", "logg"]].notna().all(axis=1)
     return test[both].iloc[:64].reset_index(drop=True)
@@ -72,7 +73,7 @@ def test_info_nce_prefers_aligned_views():
     assert aligned < shuffled
 
 
-def test_embeddings_are_batch_independent(tiny_trained_checkpoint, stars):  # noqa: F811
+def test_embeddings_are_batch_independent(tiny_trained_checkpoint, stars):
     batched = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
     vectors = embed_stars(batched, stars.iloc[:10], SPECTRA_INPUTS)
@@ -81,7 +82,7 @@ def test_embeddings_are_batch_independent(tiny_trained_checkpoint, stars):  # no
     assert not np.allclose(vectors, embed_stars(batched, stars.iloc[:10], LABELS_VIEW))
 
 
-def test_contrastive_finetuning_improves_cross_view_retrieval(tiny_trained_checkpoint, stars):  # noqa: F811
+def test_contrastive_finetuning_improves_cross_view_retrieval(tiny_trained_checkpoint, stars):
     torch.manual_seed(0)
     predictor = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
 
@@ -108,7 +109,7 @@ def test_contrastive_finetuning_improves_cross_view_retrieval(tiny_trained_check
     assert all(torch.equal(p, q) for p, q in zip(decoder, predictor.model.astro.decoder.parameters()))
 
 
-def test_contrastive_needs_both_views(tiny_trained_checkpoint, stars):  # noqa: F811
+def test_contrastive_needs_both_views(tiny_trained_checkpoint, stars):
     predictor = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu")
     labels_only = stars[list(LABELS_VIEW)]
     with pytest.raises(ValueError, match="none of the input columns"):

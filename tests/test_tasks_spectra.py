@@ -5,17 +5,18 @@ import ast
 import numpy as np
 import pandas as pd
 import pytest
-from training_fixtures import tiny_survey, tiny_trained_checkpoint  # noqa: F401
 
 from conftest import SHARED_DATA
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import XP_NAMES, flux_scale_from_fakemag, generate_spectra, plot_spectra, sample_xp
 
+pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+
 ARCHIVE_XP = SHARED_DATA / "gaia_archive_samples/xp_continuous/XP_CONTINUOUS_RAW.csv"
 
 
 @pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:  # noqa: F811
+def predictor(tiny_trained_checkpoint) -> AstroPredictor:
     return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=256)
 
 
@@ -92,7 +93,7 @@ def test_more_extinction_is_redder(predictor):
     assert np.all(np.diff(blue_over_red) < 0), blue_over_red
 
 
-def test_batched_equals_unbatched_and_absolute_flux(predictor, tiny_trained_checkpoint, tmp_path):  # noqa: F811
+def test_batched_equals_unbatched_and_absolute_flux(predictor, tiny_trained_checkpoint, tmp_path):
     labels = giants([4200.0, 4500.0, 4800.0, 5100.0, 5400.0])
     batched, _ = generate_spectra(predictor, labels, absolute=True)
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
