@@ -109,12 +109,12 @@ class TrainArguments:
         },
     )
     max_train_minutes: float = field(
-        default=11.0,
+        default=13.0,
         metadata={"help": "Stop training after this many minutes, even before max_steps (0: no limit)."},
     )
     batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
+    learning_rate: float = 1.5e-3
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     restart_steps: int = field(
@@ -125,9 +125,16 @@ class TrainArguments:
     min_learning_rate: float = 1e-5
     num_targets: int = field(default=4, metadata={"help": "Targets per star per step (the paper: 1)."})
     label_target_fraction: float = field(
-        default=0.75,
+        default=0.9,
         metadata={
             "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
+        },
+    )
+    num_threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads per process; 0 = the cores per process minus the machine's current load (at "
+            "least 1): on a shared CPU, oversubscribed threads make torch several times slower."
         },
     )
     mixed_precision: str = field(
@@ -164,6 +171,13 @@ def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
             "labels "
             "teff, logg, m_h."
         ) from error
+
+
+def cpu_threads(num_processes: int) -> int:
+    """Threads per process: this process's share of the cores, minus the load other programs put on them."""
+    cores = (os.cpu_count() or 1) // max(num_processes, 1)
+    busy = os.getloadavg()[0] / max(num_processes, 1)
+    return max(1, min(cores, round(cores - busy)))
 
 
 def epoch_batch(step: int, num_stars: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -323,6 +337,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.push_to_hub and not args.hub_model_id:
         raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
     set_seed(args.seed)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(args.num_threads or cpu_threads(accelerator.num_processes))
 
     # Data: the tokenizer is fitted on the training split; stars are encoded once into dense tensors.
     dataset_dir, splits = load_splits(data_args.dataset_dir)

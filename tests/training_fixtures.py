@@ -31,33 +31,13 @@ def make_survey(folder: Path, n_stars: int = TINY_SURVEY_STARS, seed: int = 0) -
 
 def tiny_train_args(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
     """train.py arguments for a run of a few seconds on a tiny survey (extra arguments override)."""
-    return [
-        "--dataset_dir",
-        str(dataset),
-        "--output_dir",
-        str(output_dir),
-        "--max_steps",
-        "120",
-        "--batch_size",
-        "64",
-        "--logging_steps",
-        "20",
-        "--eval_steps",
-        "60",
-        "--eval_stars",
-        "256",
-        "--save_steps",
-        "60",
-        "--restart_steps",
-        "120",
-        "--learning_rate",
-        "2e-3",
-        "--model_preset",
-        "tiny",
-        "--do_eval",
-        "false",
-        *extra,
-    ]
+    options = {
+        "--dataset_dir": str(dataset), "--output_dir": str(output_dir), "--model_preset": "tiny",
+        "--max_steps": "120", "--restart_steps": "120", "--batch_size": "64", "--learning_rate": "2e-3",
+        "--logging_steps": "20", "--eval_steps": "60", "--eval_stars": "256", "--save_steps": "60",
+        "--do_eval": "false", "--num_threads": "1",  # one thread: reproducible floats, fast on a shared CPU
+    }  # fmt: skip
+    return [item for pair in options.items() for item in pair] + list(extra)
 
 
 @pytest.fixture(scope="session")
