@@ -80,7 +80,9 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+    elif attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     attn_weights = F.softmax(attn_weights, dim=-1)
     attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
@@ -132,9 +134,10 @@ class AstroAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor,
-        key_padding_mask: torch.Tensor,
+        key_mask: torch.Tensor,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`key_mask`: boolean `(batch, 1, 1, num_keys)`, True where a key may be attended (see `key_mask`)."""
         batch_size, query_length, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states))
         key_states = self.k_proj(key_value_states)
@@ -144,9 +147,6 @@ class AstroAttention(nn.Module):
             value_states = torch.cat(
                 [value_states, self.bias_v.expand(batch_size, 1, -1).to(value_states.dtype)], dim=1
             )
-            key_padding_mask = F.pad(key_padding_mask, (0, 1), value=True)
-        additive_mask = torch.zeros(key_padding_mask.shape, dtype=query.dtype, device=query.device)
-        additive_mask = additive_mask.masked_fill(~key_padding_mask, torch.finfo(query.dtype).min)[:, None, None, :]
 
         attention_interface: Callable = eager_attention_forward
         if not output_attentions:
@@ -158,7 +158,7 @@ class AstroAttention(nn.Module):
             query,
             self._split_heads(key_states),
             self._split_heads(value_states),
-            additive_mask,
+            key_mask,
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
         )
@@ -183,12 +183,10 @@ class AstroBlock(nn.Module):
         self,
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor,
-        key_padding_mask: torch.Tensor,
+        key_mask: torch.Tensor,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.attention(
-            hidden_states, key_value_states, key_padding_mask, output_attentions
-        )
+        attn_output, attn_weights = self.attention(hidden_states, key_value_states, key_mask, output_attentions)
         hidden_states = self.attention_layer_norm(hidden_states + self.dropout(attn_output))
         ffn_output = self.fc2(self.act(self.fc1(hidden_states)))
         hidden_states = self.final_layer_norm(hidden_states + self.dropout(ffn_output))
@@ -329,6 +327,16 @@ class AstroModel(AstroPreTrainedModel):
     def get_input_embeddings(self) -> AstroValueEmbedding:
         return self.embeddings
 
+    def key_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """
+        Boolean `(batch, 1, 1, num_inputs [+ 1])` mask of the keys every attention layer may attend: the real
+        observations, plus the learned bias key (always attendable) when the config has one. Built once per pass.
+        """
+        mask = attention_mask.bool()
+        if self.config.attention_bias_kv:
+            mask = F.pad(mask, (0, 1), value=True)
+        return mask[:, None, None, :]
+
     def encode(
         self,
         input_ids: torch.LongTensor,
@@ -338,10 +346,10 @@ class AstroModel(AstroPreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Encoder states `(batch, num_inputs, hidden)` of the input observations, and attention weights."""
         hidden_states = self.embeddings(input_ids, input_values)
-        key_padding_mask = attention_mask.bool()
+        mask = self.key_mask(attention_mask)
         attentions = ()
         for block in self.encoder:
-            hidden_states, weights = block(hidden_states, hidden_states, key_padding_mask, output_attentions)
+            hidden_states, weights = block(hidden_states, hidden_states, mask, output_attentions)
             attentions += (weights,)
         return hidden_states, attentions
 
@@ -354,10 +362,10 @@ class AstroModel(AstroPreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Decoder states `(batch, num_requests, hidden)`: every request attends to the encoder states only."""
         hidden_states = self.embeddings(request_ids)
-        key_padding_mask = attention_mask.bool()
+        mask = self.key_mask(attention_mask)
         attentions = ()
         for block in self.decoder:
-            hidden_states, weights = block(hidden_states, encoder_hidden_states, key_padding_mask, output_attentions)
+            hidden_states, weights = block(hidden_states, encoder_hidden_states, mask, output_attentions)
             attentions += (weights,)
         return hidden_states, attentions
 
