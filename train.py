@@ -109,12 +109,12 @@ class TrainArguments:
         },
     )
     max_train_minutes: float = field(
-        default=13.0,
+        default=11.0,
         metadata={"help": "Stop training after this many minutes, even before max_steps (0: no limit)."},
     )
     batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 1.5e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     restart_steps: int = field(
@@ -125,7 +125,7 @@ class TrainArguments:
     min_learning_rate: float = 1e-5
     num_targets: int = field(default=4, metadata={"help": "Targets per star per step (the paper: 1)."})
     label_target_fraction: float = field(
-        default=0.9,
+        default=0.75,
         metadata={
             "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
         },
