@@ -448,8 +448,8 @@ def main(argv: list[str] | None = None) -> Path:
             max_steps = plan_steps(
                 accelerator, done, done - start_step, time.perf_counter() - started, args.max_train_minutes
             )
-            if not args.restart_steps:
-                scheduler.T_0 = scheduler.T_i = max(max_steps, 1)
+            if not args.restart_steps:  # one cosine cycle; kept ahead of the step count so it never restarts
+                scheduler.T_0 = scheduler.T_i = max(max_steps, done + PLAN_STEPS + 1)
             progress.total = max_steps
         if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == max_steps:
             now = time.perf_counter()
