@@ -174,10 +174,10 @@ def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
 
 
 def cpu_threads(num_processes: int) -> int:
-    """Threads per process: this process's share of the cores, minus the load other programs put on them."""
+    """Threads per process: this process's share of the cores, minus the cores other programs keep busy."""
     cores = (os.cpu_count() or 1) // max(num_processes, 1)
-    busy = os.getloadavg()[0] / max(num_processes, 1)
-    return max(1, min(cores, round(cores - busy)))
+    busy_cores = math.floor(os.getloadavg()[0] / max(num_processes, 1))  # a lightly loaded core still counts
+    return max(1, min(cores, cores - busy_cores))
 
 
 def epoch_batch(step: int, num_stars: int, batch_size: int, seed: int) -> torch.Tensor:
