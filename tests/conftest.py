@@ -46,6 +46,18 @@ def random_batch(config: AstroConfig, batch_size: int = 5, num_inputs: int = 6, 
     }
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids OpenMP spinning on a shared 2-core machine (restored after).
+
+    Use per module with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def config() -> AstroConfig:
     return tiny_config()

@@ -15,13 +15,7 @@ NAMES = ["bp0", "bp1", "rp0", "rp1", "bprp", "jh", "jk", "teff", "logg", "m_h", 
 REQUEST = ["teff", "logg", "m_h"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on a shared 2-core machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_stars(num_stars: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
