@@ -93,6 +93,14 @@ class _Rows:
         return column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
 
 
+def pool_states(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Per-star embeddings `(batch, hidden)`: encoder states `(batch, inputs, hidden)` pooled over real observations."""
+    mask = attention_mask.bool().unsqueeze(-1)
+    if pooling == "mean":
+        return (states * mask).sum(dim=1) / mask.sum(dim=1)
+    return states.masked_fill(~mask, -math.inf).amax(dim=1)
+
+
 class AstroPredictor:
     r"""
     Batched inference with an [`AstroForObservationPrediction`] and its [`AstroTokenizer`].
@@ -398,12 +406,7 @@ class AstroPredictor:
             *_, states, _, _ = self._forward(
                 batch["input_ids"], batch["input_values"], batch["attention_mask"], None
             )
-            mask = batch["attention_mask"].bool().unsqueeze(-1)
-            if pooling == "mean":
-                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1)
-            else:
-                pooled = states.masked_fill(~mask, -math.inf).amax(dim=1)
-            vectors[start + stars] = pooled.cpu().numpy()
+            vectors[start + stars] = pool_states(states, batch["attention_mask"], pooling).cpu().numpy()
         self._warn_empty_stars(vectors[:, 0])
         return vectors
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..inference import pool_states
 from .labels import SPECTRA_INPUTS, select_inputs
 
 LABELS_VIEW: tuple[str, ...] = ("teff", "logg", "m_h", "logebv")
@@ -25,8 +26,7 @@ def pooled_embedding(model, features: dict[str, torch.Tensor]) -> torch.Tensor:
     states, _ = model.astro.encode(
         features["input_ids"], features["input_values"], features["attention_mask"]
     )
-    mask = features["attention_mask"].unsqueeze(-1).to(states.dtype)
-    return (states * mask).sum(dim=1) / mask.sum(dim=1)
+    return pool_states(states, features["attention_mask"], "mean")
 
 
 def info_nce_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
