@@ -227,7 +227,8 @@ def evaluate(
                 }
             )
         results[label] = entry
-    plot_predictions(test, model, xgb, output / "predicted_vs_true.png")
+    paper_stars = [frame[has_xp].reset_index(drop=True) if frame is not None else None for frame in (test, model, xgb)]
+    plot_predictions(*paper_stars, output / "predicted_vs_true.png")  # the same stars as the table
     temporary = output / "eval_results.json.tmp"
     temporary.write_text(json.dumps(results, indent=2))
     os.replace(temporary, output / "eval_results.json")
