@@ -1,6 +1,6 @@
 """Train the Leung & Bovy (2024) transformer foundation model for stars with Accelerate.
 
-    python train.py                                    # embedded simulated survey, ~160k-parameter model, CPU
+    python train.py                                    # embedded simulated survey, ~200k-parameter model, CPU
     python train.py --dataset_dir my_dataset --output_dir my_model --max_steps 20000
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py   # two processes together
     accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model
@@ -58,6 +58,7 @@ MODEL_PRESETS = {
     "small": AstroConfig.small,
     "paper": AstroConfig,
 }
+LABEL_PROMPT = (*EVALUATION_LABELS, "logebv")  # the inputs of labels -> spectra
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
 PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
@@ -109,7 +110,7 @@ class TrainArguments:
         },
     )
     max_train_minutes: float = field(
-        default=11.0,
+        default=12.0,
         metadata={"help": "Stop training after this many minutes, even before max_steps (0: no limit)."},
     )
     batch_size: int = field(default=256, metadata={"help": "Stars per optimizer step, over all processes."})
@@ -128,6 +129,20 @@ class TrainArguments:
         default=0.75,
         metadata={
             "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
+        },
+    )
+    prompt_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the stars shown the evaluation's inputs (XP 0-29, bprp, jh, jk) unblanked instead "
+            "of a random subset; 0 = the paper's sampling only."
+        },
+    )
+    label_prompt_fraction: float = field(
+        default=0.25,
+        metadata={
+            "help": "Share of the stars shown their labels and extinction (teff, logg, m_h, logebv) as inputs, "
+            "as when generating spectra; 0 = the paper's sampling only."
         },
     )
     num_threads: int = field(
@@ -208,6 +223,8 @@ def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: 
         "min_learning_rate",
         "num_targets",
         "label_target_fraction",
+        "prompt_fraction",
+        "label_prompt_fraction",
     )
     model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
     fingerprint = {
@@ -364,6 +381,8 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer,
         num_targets=args.num_targets,
         label_target_fraction=args.label_target_fraction or None,
+        prompts=(EVALUATION_INPUTS, LABEL_PROMPT),
+        prompt_fractions=(args.prompt_fraction, args.label_prompt_fraction),
         seed=args.seed,
     )
     train_values, train_errors = collator.encode(train_table)
@@ -546,7 +565,8 @@ def write_model_card(
             f"weight decay {args.weight_decay}) with cosine warm restarts "
             f"(T_0 {args.restart_steps or run_info['final_step']}), "
             f"{args.num_targets} targets per star per step, label target fraction "
-            f"{args.label_target_fraction}, seed {args.seed}"
+            f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
+            f"{args.label_prompt_fraction} (labels and extinction), seed {args.seed}"
         ),
         evaluation_table=format_table(results, markdown=True)
         if results is not None

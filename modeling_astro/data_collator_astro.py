@@ -43,7 +43,10 @@ class AstroDataCollator:
     the
     same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards
     `label_names`
-    (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised.
+    (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised. `prompts` show a share
+    of the stars the input set of a downstream task instead (e.g. the paper's evaluation: XP coefficients 0-29
+    and the colours; or the labels, to generate spectra), so that the model also trains on the inputs it will
+    be asked about.
 
     Args:
         tokenizer ([`AstroTokenizer`]): standardises values and errors and maps names to token ids.
@@ -59,6 +62,11 @@ class AstroDataCollator:
         present
             `label_names` (later targets are drawn without replacement with the same per-star weights); `None`
             draws targets uniformly, as the paper does.
+        prompts (`Sequence[Sequence[str]]`, *optional*): input sets of downstream tasks.
+        prompt_fractions (`Sequence[float]`, *optional*): for each prompt, the probability that a star gets it:
+            its inputs are then all of its present observations of the prompt, none blanked, and its targets are
+            drawn among its other observations (a star without observations inside and outside the prompt is
+            sampled as usual). At most 1 in total.
         label_pad_value (`float`, defaults to NaN): label of padding requests. Use `-100.0` with
             `transformers.Trainer`, which counts the targets of a batch as `labels != -100` for
             `num_items_in_batch`.
@@ -82,6 +90,8 @@ class AstroDataCollator:
         max_blanked: int = 59,
         label_names: Sequence[str] = DEFAULT_LABEL_NAMES,
         label_target_fraction: float | None = None,
+        prompts: Sequence[Sequence[str]] = (),
+        prompt_fractions: Sequence[float] = (),
         label_pad_value: float = float("nan"),
         seed: int = 0,
     ):
@@ -94,7 +104,18 @@ class AstroDataCollator:
                 f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got "
                 f"{label_target_fraction}."
             )
+        if (
+            len(prompts) != len(prompt_fractions)
+            or any(fraction < 0 for fraction in prompt_fractions)
+            or sum(prompt_fractions) > 1.0
+        ):
+            raise ValueError(
+                "`prompt_fractions` needs one probability >= 0 per prompt, at most 1 in total; got "
+                f"{list(prompt_fractions)} for {len(prompts)} prompt(s)."
+            )
         self.tokenizer = tokenizer
+        self.prompts = [list(names) for names in prompts]
+        self.prompt_fractions = [float(fraction) for fraction in prompt_fractions]
         self.num_targets = int(num_targets)
         self.context_length = int(context_length or tokenizer.context_length)
         self.max_blanked = int(max_blanked)
@@ -146,13 +167,18 @@ class AstroDataCollator:
         return torch.from_numpy(values.astype(np.float32)), torch.from_numpy(errors.astype(np.float32))
 
     # ------------------------------------------------------------------ sampling
+    def _vocabulary_mask(self, names: Sequence[str]) -> torch.Tensor:
+        """Boolean mask over the columns of [`encode`] that are the observations `names`."""
+        mask = torch.zeros(len(self.tokenizer.observation_names), dtype=torch.bool)
+        for name in names:
+            mask[self.tokenizer.token_id(name) - 1] = True
+        return mask
+
     def _target_keys(self, present: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Keys whose descending order per star is a weighted draw without replacement."""
         keys = torch.log(torch.rand(present.shape, generator=generator).clamp_min(1e-12))
         if self.label_target_fraction is not None:
-            is_label = torch.zeros(present.shape[1], dtype=torch.bool)
-            for name in self.label_names:
-                is_label[self.tokenizer.token_id(name) - 1] = True
+            is_label = self._vocabulary_mask(self.label_names)
             labels = present & is_label
             num_labels = labels.sum(dim=1, keepdim=True).clamp_min(1)
             num_others = (present & ~is_label).sum(dim=1, keepdim=True).clamp_min(1)
@@ -189,10 +215,23 @@ class AstroDataCollator:
         batch_size = values.shape[0]
         rows = torch.arange(batch_size)[:, None]
 
+        # Prompted stars (if any): their inputs are their observations of the prompt, their targets the others.
+        prompt_inputs = torch.zeros_like(present)
+        if self.prompts:
+            masks = torch.stack([self._vocabulary_mask(names) for names in self.prompts])
+            bounds = torch.tensor(self.prompt_fractions).cumsum(0)
+            choice = torch.searchsorted(bounds, torch.rand(batch_size, generator=generator), right=True)
+            chosen = choice < len(self.prompts)
+            prompt_inputs[chosen] = present[chosen] & masks[choice[chosen]]
+            usable = prompt_inputs.any(dim=1) & (present & ~prompt_inputs).any(dim=1)
+            prompt_inputs &= usable[:, None]
+        prompted = prompt_inputs.any(dim=1)
+        targetable = present & ~prompt_inputs
+
         # Targets: the first `num_targets` of a weighted random order, leaving at least one input per star.
-        target_order = torch.argsort(self._target_keys(present, generator), dim=1, descending=True)
+        target_order = torch.argsort(self._target_keys(targetable, generator), dim=1, descending=True)
         target_order = target_order[:, : self.num_targets]
-        num_chosen = torch.clamp(num_present - 1, max=self.num_targets)
+        num_chosen = torch.clamp(torch.minimum(num_present - 1, targetable.sum(dim=1)), max=self.num_targets)
         is_target = torch.arange(target_order.shape[1])[None, :] < num_chosen[:, None]
         request_ids = torch.where(is_target, target_order + 1, 0)
         labels = torch.where(is_target, values[rows, target_order], self.label_pad_value)
@@ -202,10 +241,11 @@ class AstroDataCollator:
         # blanked.
         candidates = present.clone()
         candidates[rows.expand_as(target_order)[is_target], target_order[is_target]] = False
+        candidates = torch.where(prompted[:, None], prompt_inputs, candidates)
         keys = torch.rand(values.shape, generator=generator).masked_fill(~candidates, 2.0)
         input_order = torch.argsort(keys, dim=1)
         kept = torch.clamp(candidates.sum(dim=1), max=self.context_length)
-        most_blanked = torch.clamp(kept - 1, max=self.max_blanked)
+        most_blanked = torch.where(prompted, 0, torch.clamp(kept - 1, max=self.max_blanked))
         blanked = (torch.rand(batch_size, generator=generator) * (most_blanked + 1)).floor().long()
         num_inputs = kept - blanked
         width = int(num_inputs.max())

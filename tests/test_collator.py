@@ -123,6 +123,27 @@ def test_label_target_fraction_biases_the_first_target(tokenizer):
     assert abs(shares[0.8] - 0.8) < 0.03
 
 
+def test_prompts_show_the_task_inputs_unblanked_and_target_the_rest(tokenizer):
+    data = random_stars(3000, missing=0.2)
+    prompts = [["bp0", "bp1", "bp2", "rp0", "rp1", "bprp"], ["teff", "logg", "m_h", "logebv"]]
+    collator = AstroDataCollator(  # unblanked, the other stars have 16 inputs: more than any prompt
+        tokenizer, num_targets=2, max_blanked=0, prompts=prompts, prompt_fractions=[0.3, 0.2], seed=1
+    )
+    values, errors = collator.encode(data)
+    batch = collator.sample(values, errors)
+    inputs, requests = batch["input_ids"], batch["request_ids"]
+    assert (batch["attention_mask"].sum(dim=1) <= 16).all()
+    unprompted = batch["attention_mask"].sum(dim=1) == 16
+    for names, fraction in zip(prompts, [0.3, 0.2]):
+        ids = torch.tensor([tokenizer.token_id(name) for name in names])
+        prompted = (torch.isin(inputs, ids) | (inputs == 0)).all(dim=1) & ~unprompted
+        assert abs(prompted.float().mean().item() - fraction) < 0.04
+        # every present observation of the prompt is an input; none is a target
+        present = torch.isfinite(values[:, ids - 1]).sum(dim=1)
+        assert torch.equal(batch["attention_mask"].sum(dim=1)[prompted], present[prompted])
+        assert not torch.isin(requests[prompted], ids).any() and (requests[prompted] != 0).all()
+
+
 def test_batch_trains_the_model(tokenizer):
     config = tiny_config(context_length=16)
     model = AstroForObservationPrediction(config)
@@ -137,6 +158,8 @@ def test_clear_errors(tokenizer):
         AstroDataCollator(tokenizer, num_targets=0)
     with pytest.raises(ValueError, match="label_target_fraction"):
         AstroDataCollator(tokenizer, label_target_fraction=1.5)
+    with pytest.raises(ValueError, match="prompt_fractions"):
+        AstroDataCollator(tokenizer, prompts=[["bp0"], ["teff"]], prompt_fractions=[0.6, 0.6])
     with pytest.raises(ValueError, match="no observation"):
         AstroDataCollator(tokenizer)({"teff": np.array([5000.0, np.nan])})
     with pytest.raises(ValueError, match="no column named after an observation"):

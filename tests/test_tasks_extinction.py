@@ -83,13 +83,16 @@ def test_injected_law_is_g23():
 def test_recovers_the_law_from_the_simulators_own_spectra(rv):
     curve = extinction_curve(SimulatorPredictor(rv))
     assert max_relative_error(curve, injected_law(curve.wavelength, rv)) < 0.01
+    anchored = extinction_curve(SimulatorPredictor(rv), rv=rv)  # the level from R_V, the shape from the spectra
+    assert max_relative_error(anchored, injected_law(curve.wavelength, rv)) < 0.01
+    assert np.interp(550.0, anchored.wavelength, anchored.a_over_ebv) == pytest.approx(rv, rel=1e-6)
     other = 2.6 if rv > 3.0 else 4.0
     assert max_relative_error(curve, injected_law(curve.wavelength, other)) > 0.05
 
 
 def test_trained_model_curve_and_plot(predictor, tmp_path):
     curve = extinction_curve(predictor)
-    assert isinstance(curve, ExtinctionCurve) and curve.per_star.shape == (5, 343)
+    assert isinstance(curve, ExtinctionCurve) and curve.per_star.shape == (40, 343)
     inside = (curve.wavelength > 400) & (curve.wavelength < 1000)
     assert np.isfinite(curve.a_over_ebv[inside]).all()
     # extinction is positive and larger in the blue than in the red (the spectra get redder with E(B-V))

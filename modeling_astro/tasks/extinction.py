@@ -1,11 +1,14 @@
 """The extinction curve A(lambda)/E(B-V) from spectra the model generates at several E(B-V).
 
-For fixed stellar labels the model generates G-normalised XP coefficients and ``g_fakemag`` at each E(B-V).
-The absolute flux of the star at a fixed distance is ``F = (coefficients / f_G) * f_G`` with
-``f_G ~ g_fakemag**-2``, so its magnitude is
-``m(lambda) = -2.5 log10(flux / f_G) + 5 log10(g_fakemag) + const``, and the extinction is
-``A(lambda) = m(lambda, E) - m(lambda, 0)``. A straight-line fit of ``m`` against E(B-V) per wavelength
-gives ``A(lambda)/E(B-V)``; the median over several reference stars is robust to one badly generated star.
+For fixed stellar labels the model generates G-normalised XP coefficients at each E(B-V). Their magnitudes
+``-2.5 log10(flux / f_G)`` change with E(B-V) by ``A(lambda) - A_G``: a straight-line fit against E(B-V) per
+wavelength gives the *shape* of the curve, ``(A(lambda) - A_G) / E(B-V)``; the median over several reference stars
+is robust to one badly generated star. Its absolute level needs one more number, taken either
+
+- from the model (``rv=None``): it also generates ``g_fakemag = 100 * 10**(0.2 (M_G + A_G))`` (parallax times
+  ``10**(0.2 G)``, independent of distance), so ``5 log10(g_fakemag)`` grows with E(B-V) by ``A_G``; or
+- from a stated ``R_V = A_V / E(B-V)`` (``rv=3.1``): the curve is shifted so that it equals ``R_V`` at 550 nm,
+  the usual ``E(lambda - V) / E(B-V) + R_V`` form of an extinction law (only the shape then comes from the model).
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from .spectra import XP_NAMES, sample_xp
 
 DEFAULT_EBV: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)
 """E(B-V) values at which spectra are generated (within the bulk of the training distribution)."""
-DEFAULT_REFERENCE_STARS: dict[str, tuple[float, ...]] = {
-    "teff": (4600.0, 4800.0, 5000.0, 5400.0, 5800.0),
-    "logg": (2.4, 2.5, 2.8, 4.4, 4.3),
-    "m_h": (0.0, -0.2, -0.1, 0.0, -0.1),
-}
-"""Typical giants and dwarfs of the training set: bright enough in the blue for a stable flux ratio."""
+
+
+def _reference_grid() -> dict[str, tuple[float, ...]]:
+    """Red giants (4400-5200 K) and dwarfs (5000-6200 K) along their log g - Teff sequences, 4 metallicities."""
+    giants = [(teff, 2.2 + 0.8 * (teff - 4400.0) / 800.0) for teff in np.arange(4400.0, 5201.0, 200.0)]
+    dwarfs = [(teff, 4.5 - 0.3 * (teff - 5000.0) / 1200.0) for teff in np.arange(5000.0, 6201.0, 300.0)]
+    stars = [(teff, logg, m_h) for teff, logg in giants + dwarfs for m_h in (-0.4, -0.2, 0.0, 0.2)]
+    return {name: tuple(float(star[i]) for star in stars) for i, name in enumerate(("teff", "logg", "m_h"))}
+
+
+DEFAULT_REFERENCE_STARS: dict[str, tuple[float, ...]] = _reference_grid()
+"""40 typical giants and dwarfs of the training set: the median over many stars averages out the model's
+star-to-star noise."""
+V_WAVELENGTH_NM = 550.0
+"""Where ``rv`` anchors the curve: the Gordon et al. (2023) laws are normalised to A(V) at 0.55 micron."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,7 @@ def extinction_curve(
     predictor,
     stars: Any = None,
     ebv: tuple[float, ...] | list[float] | np.ndarray = DEFAULT_EBV,
+    rv: float | None = None,
 ) -> ExtinctionCurve:
     """Derive A(lambda)/E(B-V) on Gaia's 336-1020 nm grid from spectra the model generates.
 
@@ -66,6 +79,8 @@ def extinction_curve(
         stars: reference stars' ``teff``, ``logg``, ``m_h`` (dict / DataFrame); default
             ``DEFAULT_REFERENCE_STARS``.
         ebv: at least two distinct E(B-V) values (> 0) to generate each star at.
+        rv: ``None`` takes the absolute level from the generated ``g_fakemag``; a number sets A(550 nm)/E(B-V)
+            to it (see the module docstring).
 
     Returns:
         ExtinctionCurve (wavelengths where a star's generated flux is not positive are NaN for that star).
@@ -78,18 +93,22 @@ def extinction_curve(
     n_stars = len(labels["teff"])
     inputs = {name: np.repeat(values, ebv.size) for name, values in labels.items()}
     inputs["logebv"] = np.tile(np.log(ebv), n_stars)
-    prediction = predictor.predict(inputs, [*XP_NAMES, "g_fakemag"])
-    flux = sample_xp(prediction).flux.reshape(n_stars, ebv.size, -1)
-    g_fakemag = prediction["g_fakemag"].to_numpy(dtype=np.float64).reshape(n_stars, ebv.size, 1)
+    prediction = predictor.predict(inputs, [*XP_NAMES, *(["g_fakemag"] if rv is None else [])])
+    sampled = sample_xp(prediction)
+    flux = sampled.flux.reshape(n_stars, ebv.size, -1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        magnitude = -2.5 * np.log10(np.where(flux > 0, flux, np.nan)) + 5.0 * np.log10(
-            np.where(g_fakemag > 0, g_fakemag, np.nan)
-        )
+        magnitude = -2.5 * np.log10(np.where(flux > 0, flux, np.nan))
+        if rv is None:
+            g_fakemag = prediction["g_fakemag"].to_numpy(dtype=np.float64).reshape(n_stars, ebv.size, 1)
+            magnitude += 5.0 * np.log10(np.where(g_fakemag > 0, g_fakemag, np.nan))
     # least-squares slope of magnitude against E(B-V), per star and wavelength
     centred = (ebv - ebv.mean())[None, :, None]
     per_star = np.sum(centred * (magnitude - magnitude.mean(axis=1, keepdims=True)), axis=1) / np.sum(
         centred**2
     )
+    if rv is not None:
+        at_v = np.array([np.interp(V_WAVELENGTH_NM, sampled.wavelength, star) for star in per_star])
+        per_star = per_star - at_v[:, None] + rv
     median = np.nanmedian(per_star, axis=0)
     counts = np.sum(np.isfinite(per_star), axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -98,8 +117,7 @@ def extinction_curve(
             if n_stars > 1
             else np.full_like(median, np.nan)
         )
-    wavelength = sample_xp(prediction.iloc[:1]).wavelength
-    return ExtinctionCurve(wavelength, median, 1.2533 * sigma, per_star)
+    return ExtinctionCurve(sampled.wavelength, median, 1.2533 * sigma, per_star)
 
 
 def max_relative_error(
