@@ -2,9 +2,10 @@
 coefficients bp0-54 and rp0-54.
 
 Compares, each path in its own process: the naive reference (the original code: 4 tokens padded to the full
-context of 64, one decoder pass per requested coefficient, fp32), `AstroPredictor` in fp32 and in bf16
-autocast; reports stars/s, peak RSS, achieved FLOP/s against the dense-matmul rate and the largest bf16 - fp32
-difference in units of the predicted sigma. Paper configuration (8.8 M parameters), random weights, 2 threads.
+context of 64, one decoder pass per requested coefficient, fp32), `AstroPredictor` in fp32 and in bf16, eager
+and with `torch.compile`; reports stars/s, peak RSS, achieved FLOP/s against the dense-matmul rate of the same
+dtype and the largest difference to eager fp32 in units of the predicted sigma; the headline is the fastest path.
+Paper configuration (8.8 M parameters), random weights, 2 threads.
 
 Run: ``python benchmarks/bench_labels_to_xp.py [--n-stars 2000] [--repeats 3]``; the last line printed is one
 JSON object.

@@ -1,9 +1,10 @@
 """Benchmark XP -> labels: 10,000 stars with 64 input tokens (bp0-31, rp0-31), request teff, logg and m_h.
 
 Compares, each path in its own process: the naive reference (the original code: padded to the full context,
-one decoder pass per requested label, fp32), `AstroPredictor` in fp32 and in bf16; reports stars/s,
-peak RSS, achieved FLOP/s against the dense-matmul rate and the largest bf16 - fp32 difference in units of the
-predicted sigma. Paper configuration (8.8 M parameters), random weights, 2 threads.
+one decoder pass per requested label, fp32), `AstroPredictor` in fp32 and in bf16, eager and with
+`torch.compile`; reports stars/s, peak RSS, achieved FLOP/s against the dense-matmul rate of the same dtype and
+the largest difference to eager fp32 in units of the predicted sigma; the headline is the fastest path.
+Paper configuration (8.8 M parameters), random weights, 2 threads.
 
 Run: ``python benchmarks/bench_xp_to_labels.py [--n-stars 10000] [--repeats 3]``; the last line printed is one
 JSON object.

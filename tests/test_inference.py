@@ -185,3 +185,16 @@ def test_bfloat16_close_to_float32_and_from_pretrained(predictor, tmp_path):
     for name in REQUEST:
         difference = np.abs(table[name] - expected[name]) / expected[f"{name}_sigma"]
         assert difference.max() < 0.05
+
+
+def test_compiled_predictor_matches_eager(predictor):
+    compiled = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", batch_size=8, compile=True)
+    for seed in (7, 8):  # two calls: batches of several widths through the same compiled graph
+        data = make_stars(seed=seed)
+        data["teff"][3] = 5000.0  # no star without observations (and no warning)
+        np.testing.assert_allclose(
+            compiled.predict(data, REQUEST).to_numpy(),
+            predictor.predict(data, REQUEST).to_numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
