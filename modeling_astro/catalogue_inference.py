@@ -151,13 +151,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows-per-chunk", type=int, default=65536, help="rows read from a shard at a time")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", help="default: this process's accelerator, else CPU")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (faster on long runs; compiles first)"
+    )
     args = parser.parse_args(argv)
     # the first PartialState fixes the process group: on CPU-only runs it must be told, or each process of
     # `accelerate launch`/`torchrun` would believe it is alone and predict every shard
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     device = args.device or state.device
     predictor = AstroPredictor.from_pretrained(
-        args.model, device=device, batch_size=args.batch_size, dtype=DTYPES[args.dtype]
+        args.model, device=device, batch_size=args.batch_size, dtype=DTYPES[args.dtype], compile=args.compile
     )
     predict_catalogue(
         predictor,
