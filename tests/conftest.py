@@ -1,5 +1,9 @@
-"""Shared fixtures: a tiny model configuration and random batches of stars."""
+"""Shared fixtures: a tiny model configuration, random batches of stars, multi-process launches."""
 
+import os
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,25 @@ from configuration_astro import AstroConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """The read-only real survey files and original checkpoint, in the `shared/` folder beside the checkout."""
+
+
+def run_process_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` of a launcher (accelerate / torchrun) whose workers die with it on a timeout, on a free
+    rendezvous port (`{port}` in `command` is replaced), so a slow or stuck run cannot leave processes behind."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [port if part == "{port}" else part for part in command]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{command[:6]}... did not finish in {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def tiny_config(**kwargs) -> AstroConfig:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_process_group, tiny_config
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.catalogue_inference import input_shards, predict_catalogue
 from modeling_astro.inference import AstroPredictor
@@ -130,12 +130,12 @@ def test_two_processes_share_the_shards(catalogue, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        "{port}",
     ]
     command += ["-m", "modeling_astro.catalogue_inference", "--model", str(model), "--data", str(data)]
     command += ["--out", str(tmp_path), "--split", "test", "--request", *REQUEST]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    result = run_process_group(command, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 0" in result.stderr and "process 1" in result.stderr  # each process had its share
     predictions = read_predictions(tmp_path)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
+from conftest import run_process_group
 from training_fixtures import tiny_train_args
 
 import train
@@ -125,10 +126,12 @@ def test_two_processes_train_together_like_gradient_accumulation(tiny_survey, tm
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        "{port}",
         str(REPO / "train.py"),
         *short_run_args(tiny_survey, two, "--max_steps", "10"),
     ]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = run_process_group(command, timeout=300, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((two / "training_args.json").read_text())["num_processes"] == 2
     one = tmp_path / "one_process"
