@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
-from conftest import run_process_group
 from training_fixtures import tiny_train_args
 
 import train
+from conftest import run_process_group
 
 pytest_plugins = ["training_fixtures"]
 
