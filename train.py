@@ -59,6 +59,7 @@ MODEL_PRESETS = {
     "paper": AstroConfig,
 }
 LABEL_PROMPT = (*EVALUATION_LABELS, "logebv")  # the inputs of labels -> spectra
+LOCI_PROMPT = ("logg", "m_h", "logebv")  # the inputs of the stellar loci: Teff and colours from log g and [M/H]
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
 PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
@@ -145,6 +146,13 @@ class TrainArguments:
             "as when generating spectra; 0 = the paper's sampling only."
         },
     )
+    loci_prompt_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Share of the stars shown only log g, [M/H] and extinction as inputs, as for stellar loci; 0 = "
+            "the paper's sampling only."
+        },
+    )
     num_threads: int = field(
         default=0,
         metadata={
@@ -225,6 +233,7 @@ def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: 
         "label_target_fraction",
         "prompt_fraction",
         "label_prompt_fraction",
+        "loci_prompt_fraction",
     )
     model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
     fingerprint = {
@@ -381,8 +390,8 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer,
         num_targets=args.num_targets,
         label_target_fraction=args.label_target_fraction or None,
-        prompts=(EVALUATION_INPUTS, LABEL_PROMPT),
-        prompt_fractions=(args.prompt_fraction, args.label_prompt_fraction),
+        prompts=(EVALUATION_INPUTS, LABEL_PROMPT, LOCI_PROMPT),
+        prompt_fractions=(args.prompt_fraction, args.label_prompt_fraction, args.loci_prompt_fraction),
         seed=args.seed,
     )
     train_values, train_errors = collator.encode(train_table)
@@ -566,7 +575,8 @@ def write_model_card(
             f"(T_0 {args.restart_steps or run_info['final_step']}), "
             f"{args.num_targets} targets per star per step, label target fraction "
             f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
-            f"{args.label_prompt_fraction} (labels and extinction), seed {args.seed}"
+            f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
+            f"extinction), seed {args.seed}"
         ),
         evaluation_table=format_table(results, markdown=True)
         if results is not None
