@@ -17,7 +17,6 @@ from dataset_builder.physics import (
     wavelength_grid,
 )
 from dataset_builder.xp_projection import XPProjector
-from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import (
     ExtinctionCurve,
     extinction_curve,
@@ -26,7 +25,7 @@ from modeling_astro.tasks import (
     plot_extinction_curve,
 )
 
-pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+pytest_plugins = ["training_fixtures"]  # session fixtures: tiny_survey, tiny_trained_checkpoint, tiny_predictor
 
 
 class SimulatorPredictor:
@@ -67,11 +66,6 @@ class SimulatorPredictor:
         )
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:
-    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=256)
-
-
 def test_injected_law_is_g23():
     wavelength = np.array([400.0, 550.0, 800.0, 1000.0])
     for rv in (2.8, 3.1, 3.6):
@@ -90,8 +84,8 @@ def test_recovers_the_law_from_the_simulators_own_spectra(rv):
     assert max_relative_error(curve, injected_law(curve.wavelength, other)) > 0.05
 
 
-def test_trained_model_curve_and_plot(predictor, tmp_path):
-    curve = extinction_curve(predictor)
+def test_trained_model_curve_and_plot(tiny_predictor, tmp_path):
+    curve = extinction_curve(tiny_predictor)
     assert isinstance(curve, ExtinctionCurve) and curve.per_star.shape == (40, 343)
     inside = (curve.wavelength > 400) & (curve.wavelength < 1000)
     assert np.isfinite(curve.a_over_ebv[inside]).all()
@@ -102,14 +96,14 @@ def test_trained_model_curve_and_plot(predictor, tmp_path):
     law = injected_law(curve.wavelength)
     plot_extinction_curve(curve, law, tmp_path / "extinction.png")
     assert (tmp_path / "extinction.png").read_bytes()[:4] == b"\x89PNG"
-    single = extinction_curve(predictor, {"teff": [4800.0], "logg": [2.5], "m_h": [0.0]})
+    single = extinction_curve(tiny_predictor, {"teff": [4800.0], "logg": [2.5], "m_h": [0.0]})
     assert single.per_star.shape == (1, 343) and np.isnan(single.a_over_ebv_sigma).all()
 
 
-def test_bad_input(predictor):
+def test_bad_input(tiny_predictor):
     with pytest.raises(ValueError, match="two distinct positive"):
-        extinction_curve(predictor, ebv=[0.1])
+        extinction_curve(tiny_predictor, ebv=[0.1])
     with pytest.raises(ValueError, match="two distinct positive"):
-        extinction_curve(predictor, ebv=[0.0, 0.1])
+        extinction_curve(tiny_predictor, ebv=[0.0, 0.1])
     curve = ExtinctionCurve(np.array([500.0, 600.0]), np.array([np.nan, 3.0]), np.zeros(2), np.zeros((1, 2)))
     assert max_relative_error(curve, np.array([3.0, 3.0])) == np.inf

@@ -15,12 +15,7 @@ from modeling_astro.tasks import (
     select_inputs,
 )
 
-pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:
-    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=128)
+pytest_plugins = ["training_fixtures"]  # session fixtures: tiny_survey, tiny_trained_checkpoint, tiny_predictor
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +34,8 @@ def test_distance_from_fakemag_inverts_the_definition():
     assert np.isnan(distance).all() and np.isnan(sigma).all()
 
 
-def test_labels_from_spectra_track_the_truth(predictor, test_stars):
-    labels = predict_labels(predictor, test_stars, g_mag="true_g")
+def test_labels_from_spectra_track_the_truth(tiny_predictor, test_stars):
+    labels = predict_labels(tiny_predictor, test_stars, g_mag="true_g")
     expected = [*LABEL_REQUEST, "ebv", "distance_pc"]
     assert all(name in labels and name + "_sigma" in labels for name in expected)
     assert len(labels) == len(test_stars) and np.all(labels["teff_sigma"] > 0)
@@ -54,43 +49,43 @@ def test_labels_from_spectra_track_the_truth(predictor, test_stars):
     assert labels.loc[valid, "distance_pc"].between(distance.min() / 20, distance.max() * 20).all()
 
 
-def test_prediction_ignores_the_stars_own_labels(predictor, test_stars):
+def test_prediction_ignores_the_stars_own_labels(tiny_predictor, test_stars):
     stars = test_stars.iloc[:40].copy()
-    reference = predict_labels(predictor, stars)
+    reference = predict_labels(tiny_predictor, stars)
     stars["teff"] = 1e5
     stars["logg"] = -9.0
-    pd.testing.assert_frame_equal(predict_labels(predictor, stars), reference)
+    pd.testing.assert_frame_equal(predict_labels(tiny_predictor, stars), reference)
     allowed = {*SPECTRA_INPUTS, *(f"{name}_err" for name in SPECTRA_INPUTS)}
     assert set(select_inputs(stars, SPECTRA_INPUTS)) <= allowed
 
 
-def test_batched_equals_unbatched(predictor, tiny_trained_checkpoint, test_stars):
+def test_batched_equals_unbatched(tiny_predictor, tiny_trained_checkpoint, test_stars):
     stars = test_stars.iloc[:12]
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
     pd.testing.assert_frame_equal(
-        predict_labels(predictor, stars), predict_labels(one_by_one, stars), rtol=1e-4, atol=1e-5
+        predict_labels(tiny_predictor, stars), predict_labels(one_by_one, stars), rtol=1e-4, atol=1e-5
     )
 
 
-def test_streaming_equals_in_memory(predictor, tiny_survey):
+def test_streaming_equals_in_memory(tiny_predictor, tiny_survey):
     split = datasets.load_dataset(str(tiny_survey), split="test").select(range(150))
     inputs = split.select_columns([c for c in split.column_names if c.removesuffix("_err") in SPECTRA_INPUTS])
-    streamed = pd.concat(predictor.predict_stream(inputs, list(LABEL_REQUEST), rows_per_chunk=64))
-    in_memory = predict_labels(predictor, split.to_pandas())
+    streamed = pd.concat(tiny_predictor.predict_stream(inputs, list(LABEL_REQUEST), rows_per_chunk=64))
+    in_memory = predict_labels(tiny_predictor, split.to_pandas())
     pd.testing.assert_frame_equal(streamed, in_memory[streamed.columns], rtol=1e-4, atol=1e-5)
 
 
-def test_bad_input(predictor, test_stars):
+def test_bad_input(tiny_predictor, test_stars):
     with pytest.raises(ValueError, match="0 rows"):
-        predict_labels(predictor, test_stars.iloc[:0])
+        predict_labels(tiny_predictor, test_stars.iloc[:0])
     with pytest.raises(ValueError, match="none of the input columns"):
-        predict_labels(predictor, {"colour": np.ones(3)})
+        predict_labels(tiny_predictor, {"colour": np.ones(3)})
     with pytest.raises(ObservationNameError, match="Did you mean"):
-        predictor.predict(select_inputs(test_stars.iloc[:3], SPECTRA_INPUTS), ["tef"])
+        tiny_predictor.predict(select_inputs(test_stars.iloc[:3], SPECTRA_INPUTS), ["tef"])
     stars = test_stars.iloc[:3].copy()
     stars.loc[stars.index[1], list(SPECTRA_INPUTS)] = np.nan
     with pytest.warns(UserWarning, match="no usable observation"):
-        labels = predict_labels(predictor, stars, g_mag=np.array([12.0, 12.0, 12.0]))
+        labels = predict_labels(tiny_predictor, stars, g_mag=np.array([12.0, 12.0, 12.0]))
     assert labels.iloc[1].isna().all() and labels.iloc[[0, 2]]["teff"].notna().all()
     with pytest.raises(ValueError, match="one value per star"):
-        predict_labels(predictor, stars, g_mag=np.array([12.0]))
+        predict_labels(tiny_predictor, stars, g_mag=np.array([12.0]))

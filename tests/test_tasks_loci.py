@@ -3,20 +3,14 @@
 import numpy as np
 import pytest
 
-from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import plot_loci, stellar_loci
 
-pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+pytest_plugins = ["training_fixtures"]  # session fixtures: tiny_survey, tiny_trained_checkpoint, tiny_predictor
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:
-    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=64)
-
-
-def test_grid_layout_and_plot(predictor, tmp_path):
+def test_grid_layout_and_plot(tiny_predictor, tmp_path):
     logg, m_h = np.linspace(1.0, 3.5, 6), np.array([-0.5, 0.0, 0.3])
-    loci = stellar_loci(predictor, logg, m_h)
+    loci = stellar_loci(tiny_predictor, logg, m_h)
     assert len(loci) == 18
     np.testing.assert_array_equal(loci["logg"], np.repeat(logg, 3))
     np.testing.assert_array_equal(loci["m_h"], np.tile(m_h, 6))
@@ -27,16 +21,16 @@ def test_grid_layout_and_plot(predictor, tmp_path):
     assert (tmp_path / "loci.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_grid_point_equals_a_single_star_and_uses_no_extinction(predictor):
-    loci = stellar_loci(predictor, [2.0, 3.0], [0.0], request=["teff"])
-    single = predictor.predict({"logg": [3.0], "m_h": [0.0], "logebv": [-7.0]}, ["teff"])
+def test_grid_point_equals_a_single_star_and_uses_no_extinction(tiny_predictor):
+    loci = stellar_loci(tiny_predictor, [2.0, 3.0], [0.0], request=["teff"])
+    single = tiny_predictor.predict({"logg": [3.0], "m_h": [0.0], "logebv": [-7.0]}, ["teff"])
     np.testing.assert_allclose(loci["teff"].iloc[1], single["teff"].iloc[0], rtol=1e-5)
-    reddened = stellar_loci(predictor, [3.0], [0.0], request=["bprp"], logebv=np.log(0.5))
-    assert reddened["bprp"].iloc[0] != stellar_loci(predictor, [3.0], [0.0], request=["bprp"])["bprp"].iloc[0]
+    reddened = stellar_loci(tiny_predictor, [3.0], [0.0], request=["bprp"], logebv=np.log(0.5))
+    assert reddened["bprp"].iloc[0] != stellar_loci(tiny_predictor, [3.0], [0.0], request=["bprp"])["bprp"].iloc[0]
 
 
-def test_bad_grid_and_request(predictor):
+def test_bad_grid_and_request(tiny_predictor):
     with pytest.raises(ValueError, match="non-empty 1-d"):
-        stellar_loci(predictor, [], [0.0])
+        stellar_loci(tiny_predictor, [], [0.0])
     with pytest.raises(KeyError, match="Did you mean"):
-        stellar_loci(predictor, [2.0], [0.0], request=["bp_rp"])
+        stellar_loci(tiny_predictor, [2.0], [0.0], request=["bp_rp"])

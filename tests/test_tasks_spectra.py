@@ -10,14 +10,9 @@ from conftest import SHARED_DATA
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import XP_NAMES, flux_scale_from_fakemag, generate_spectra, plot_spectra, sample_xp
 
-pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
+pytest_plugins = ["training_fixtures"]  # session fixtures: tiny_survey, tiny_trained_checkpoint, tiny_predictor
 
 ARCHIVE_XP = SHARED_DATA / "gaia_archive_samples/xp_continuous/XP_CONTINUOUS_RAW.csv"
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_trained_checkpoint) -> AstroPredictor:
-    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=256)
 
 
 def giants(teff: list[float], logebv: float = np.log(0.05)) -> dict[str, np.ndarray]:
@@ -76,30 +71,30 @@ def test_flux_scale_from_fakemag():
     assert np.isnan(flux_scale_from_fakemag(np.array([-1.0]), 1.0)).all()
 
 
-def test_hotter_star_is_bluer(predictor):
+def test_hotter_star_is_bluer(tiny_predictor):
     # Teff within the red-giant branch of the training set (at log g 2.5, Teff ~ 4640 +- 330 K)
-    spectra, prediction = generate_spectra(predictor, giants([4200.0, 4500.0, 4800.0]))
+    spectra, prediction = generate_spectra(tiny_predictor, giants([4200.0, 4500.0, 4800.0]))
     assert spectra.flux.shape == (3, 343) and list(prediction.columns[:2]) == ["bp0", "bp0_sigma"]
     assert np.all(spectra.flux_sigma > 0)
     blue_over_red = spectra.mean_flux(400, 500) / spectra.mean_flux(700, 900)
     assert np.all(np.diff(blue_over_red) > 0), blue_over_red
 
 
-def test_more_extinction_is_redder(predictor):
+def test_more_extinction_is_redder(tiny_predictor):
     reddened = {key: np.repeat(value[:1], 3) for key, value in giants([4700.0]).items()}
     reddened["logebv"] = np.log([0.02, 0.2, 0.6])
-    spectra, _ = generate_spectra(predictor, reddened)
+    spectra, _ = generate_spectra(tiny_predictor, reddened)
     blue_over_red = spectra.mean_flux(400, 500) / spectra.mean_flux(700, 900)
     assert np.all(np.diff(blue_over_red) < 0), blue_over_red
 
 
-def test_batched_equals_unbatched_and_absolute_flux(predictor, tiny_trained_checkpoint, tmp_path):
+def test_batched_equals_unbatched_and_absolute_flux(tiny_predictor, tiny_trained_checkpoint, tmp_path):
     labels = giants([4200.0, 4500.0, 4800.0, 5100.0, 5400.0])
-    batched, _ = generate_spectra(predictor, labels, absolute=True)
+    batched, _ = generate_spectra(tiny_predictor, labels, absolute=True)
     one_by_one = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=1)
     unbatched, prediction = generate_spectra(one_by_one, labels, absolute=True)
     np.testing.assert_allclose(batched.flux, unbatched.flux, rtol=1e-4)
-    relative, _ = generate_spectra(predictor, labels)
+    relative, _ = generate_spectra(tiny_predictor, labels)
     scale = flux_scale_from_fakemag(prediction["g_fakemag"].to_numpy(np.float64), 100.0)
     np.testing.assert_allclose(batched.flux, relative.flux * scale[:, None], rtol=1e-4)
     assert batched.unit == "W m^-2 nm^-1"
@@ -108,11 +103,11 @@ def test_batched_equals_unbatched_and_absolute_flux(predictor, tiny_trained_chec
     assert (tmp_path / "spectra.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_labels_raise_clear_errors(predictor):
+def test_bad_labels_raise_clear_errors(tiny_predictor):
     with pytest.raises(ValueError, match="needs at least one of the labels"):
-        generate_spectra(predictor, {"colour": np.array([1.0])})
+        generate_spectra(tiny_predictor, {"colour": np.array([1.0])})
     with pytest.raises(ValueError, match="0 rows"):
-        generate_spectra(predictor, {"teff": np.array([])})
+        generate_spectra(tiny_predictor, {"teff": np.array([])})
     with pytest.warns(UserWarning, match="no usable observation"):
-        spectra, _ = generate_spectra(predictor, {"teff": np.array([np.nan, 4800.0])})
+        spectra, _ = generate_spectra(tiny_predictor, {"teff": np.array([np.nan, 4800.0])})
     assert np.isnan(spectra.flux[0]).all() and np.isfinite(spectra.flux[1]).all()

@@ -53,3 +53,11 @@ def tiny_trained_checkpoint(tmp_path_factory, tiny_survey) -> Path:
 
     output_dir = tmp_path_factory.mktemp("tiny_trained") / "model"
     return train.main(tiny_train_args(tiny_survey, output_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_trained_checkpoint):
+    """`AstroPredictor` of the tiny trained checkpoint, loaded as a user would (CPU, 128 stars per batch)."""
+    from modeling_astro.inference import AstroPredictor
+
+    return AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=128)
