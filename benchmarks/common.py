@@ -264,9 +264,10 @@ def _measure_phase(args, input_names: Sequence[str], request: Sequence[str]) -> 
 
         dtype = torch.bfloat16 if args.phase.endswith("bf16") else None
         compiled = args.phase.startswith("compiled")
-        predictor = AstroPredictor(model, tokenizer, device="cpu", batch_size=1024, dtype=dtype, compile=compiled)
+        predictor = AstroPredictor(model, tokenizer, device="cpu", dtype=dtype, compile=compiled)
         for _ in range(2 if compiled else 1):  # compiling sees a full and a partial batch before the timing
-            predictor.predict({key: values[:1024 + 128] for key, values in data.items()}, request, progress=False)
+            warm = 2 * predictor.batch_size + predictor.batch_size // 2
+            predictor.predict({key: values[:warm] for key, values in data.items()}, request, progress=False)
         outputs = []
         seconds = time_repeats(
             lambda: outputs.append(predictor.predict(data, request, progress=False)), args.repeats

@@ -147,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--keep-columns", nargs="*", default=["source_id"], help="input columns copied to the output"
     )
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument(
+        "--batch-size", type=int, help="stars per forward pass (default: 128 on CPU, 1024 on GPU)"
+    )
     parser.add_argument("--rows-per-chunk", type=int, default=65536, help="rows read from a shard at a time")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", help="default: this process's accelerator, else CPU")

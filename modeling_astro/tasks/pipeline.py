@@ -28,7 +28,7 @@ class AstroObservationPipeline(Pipeline):
     ```
     """
 
-    def __init__(self, *args, star_batch_size: int = 1024, **kwargs):
+    def __init__(self, *args, star_batch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.feature_extractor is None:
             raise ValueError("The pipeline needs the checkpoint's AstroTokenizer: feature_extractor=.")
