@@ -7,7 +7,7 @@ and with `torch.compile`; reports stars/s, peak RSS, achieved FLOP/s against the
 dtype and the largest difference to eager fp32 in units of the predicted sigma; the headline is the fastest path.
 Paper configuration (8.8 M parameters), random weights, 2 threads.
 
-Run: ``python benchmarks/bench_labels_to_xp.py [--n-stars 2000] [--repeats 3]``; the last line printed is one
+Run: ``python benchmarks/bench_labels_to_xp.py [--n-stars 2000] [--repeats 5]``; the last line printed is one
 JSON object.
 """
 

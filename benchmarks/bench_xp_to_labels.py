@@ -6,7 +6,7 @@ one decoder pass per requested label, fp32), `AstroPredictor` in fp32 and in bf1
 the largest difference to eager fp32 in units of the predicted sigma; the headline is the fastest path.
 Paper configuration (8.8 M parameters), random weights, 2 threads.
 
-Run: ``python benchmarks/bench_xp_to_labels.py [--n-stars 10000] [--repeats 3]``; the last line printed is one
+Run: ``python benchmarks/bench_xp_to_labels.py [--n-stars 10000] [--repeats 5]``; the last line printed is one
 JSON object.
 """
 
