@@ -11,6 +11,9 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -114,6 +117,55 @@ inline void queries_in_lanes(const T *query, const float *key, const float *valu
         for (int64_t d = 0; d < D; ++d) store(out + i * width + d, staging[d * LANES + i]);
 }
 
+#ifdef __AVX512BF16__
+// queries_in_lanes for bfloat16 on CPUs with AVX512-BF16: dot products of bfloat16 pairs (`vdpbf16ps`, float32
+// accumulation) halve the multiply-adds. `key_pairs` (num_keys, D / 2) holds each key's bfloat16 pairs as
+// stored; `value_pairs` (ceil(num_keys / 2), D) the values of keys 2m and 2m + 1 side by side. The softmax
+// weights enter the weighted sum rounded to bfloat16 (as in ATen's bfloat16 attention); their normaliser does not.
+template <int64_t D>
+inline void queries_in_lanes_bf16_dot(const bfloat16 *query, const uint32_t *key_pairs, const uint32_t *value_pairs,
+                                      bfloat16 *out, vfloat *scores, int64_t width, int64_t num_keys,
+                                      int64_t num_queries, float scale) {
+    constexpr int64_t PAIRS = D / 2;
+    alignas(64) uint32_t query_staging[PAIRS * LANES] = {};
+    for (int64_t i = 0; i < num_queries; ++i)
+        for (int64_t m = 0; m < PAIRS; ++m) std::memcpy(&query_staging[m * LANES + i], query + i * width + 2 * m, 4);
+    __m512bh q[PAIRS];
+    for (int64_t m = 0; m < PAIRS; ++m) q[m] = (__m512bh)_mm512_load_si512(query_staging + m * LANES);
+    vfloat maximum = splat(-3.0e38f);
+    for (int64_t j = 0; j < num_keys; ++j) {
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t m = 0; m < PAIRS; ++m)
+            dot = _mm512_dpbf16_ps(dot, q[m], (__m512bh)_mm512_set1_epi32(int(key_pairs[j * PAIRS + m])));
+        const vfloat score = (vfloat)dot * scale;
+        scores[j] = score;
+        maximum = vmax(maximum, score);
+    }
+    // word 2i of a pair vector = weight i of the even key, word 2i + 1 = weight i of the odd key
+    alignas(64) static const uint16_t interleave[2 * LANES] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i order = _mm512_load_si512(interleave);
+    vfloat total{};
+    __m512 o[D];
+    for (int64_t d = 0; d < D; ++d) o[d] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < num_keys; j += 2) {
+        const vfloat even = exp2_nonpositive<bfloat16>(scores[j] - maximum);
+        const vfloat odd = j + 1 < num_keys ? exp2_nonpositive<bfloat16>(scores[j + 1] - maximum) : vfloat{};
+        total += even + odd;
+        const __m512bh weights =
+            (__m512bh)_mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh((__m512)odd, (__m512)even));
+        for (int64_t d = 0; d < D; ++d)
+            o[d] = _mm512_dpbf16_ps(o[d], weights, (__m512bh)_mm512_set1_epi32(int(value_pairs[j / 2 * D + d])));
+    }
+    const vfloat inverse = 1.0f / total;
+    alignas(64) float staging[D * LANES];
+    for (int64_t d = 0; d < D; ++d) store_vector(staging + d * LANES, (vfloat)o[d] * inverse);
+    for (int64_t i = 0; i < num_queries; ++i)
+        for (int64_t d = 0; d < D; ++d) store(out + i * width + d, staging[d * LANES + i]);
+}
+#endif
+
 // Each query of one (star, head) with the keys in the vector lanes; `key_t` (D, padded_keys) packed transposed
 // and zero beyond num_keys, `value` (num_keys, D), `weights` room for padded_keys floats.
 template <typename T, int64_t D>
@@ -163,6 +215,29 @@ void star_head(const T *query, const T *key, const T *value, const uint8_t *keep
     scale *= 1.4426950408889634f;  // log2(e): softmax with 2^x
     int64_t kept = 0;
     for (int64_t j = 0; j < num_keys; ++j) kept += keep[j] != 0;
+#ifdef __AVX512BF16__
+    if constexpr (std::is_same_v<T, bfloat16>) {
+        if (!transposed) {
+            alignas(64) uint32_t key_pairs[kept * D / 2], value_pairs[(kept + 1) / 2 * D];
+            uint16_t *value_words = reinterpret_cast<uint16_t *>(value_pairs);
+            for (int64_t d = 0; d < D; ++d)  // an odd last key: its missing partner has value 0 (and weight 0)
+                value_words[((kept + 1) / 2 * D - D + d) * 2 + 1] = 0;
+            for (int64_t j = 0, row = 0; j < num_keys; ++j) {
+                if (!keep[j]) continue;
+                std::memcpy(key_pairs + row * D / 2, key + j * width, D * sizeof(bfloat16));
+                for (int64_t d = 0; d < D; ++d) value_words[(row / 2 * D + d) * 2 + row % 2] = value[j * width + d].bits;
+                ++row;
+            }
+            alignas(64) vfloat scores[kept];
+            for (int64_t i0 = 0; i0 < num_queries; i0 += LANES) {
+                const int64_t n = num_queries - i0 < LANES ? num_queries - i0 : LANES;
+                queries_in_lanes_bf16_dot<D>(query + i0 * width, key_pairs, value_pairs, out + i0 * width, scores,
+                                             width, kept, n, scale);
+            }
+            return;
+        }
+    }
+#endif
     const int64_t padded = (kept + LANES - 1) / LANES * LANES;
     alignas(64) float k[padded * D], v[kept * D];
     if (transposed) std::memset(k, 0, sizeof k);
