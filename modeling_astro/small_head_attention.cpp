@@ -5,6 +5,8 @@
 // - with many queries (the encoder), 16 queries sit in the lanes of a vector: scores, softmax and the weighted
 //   sum of values are lane-wise multiply-adds, without horizontal reductions;
 // - with fewer than 8 queries (the decoder's requests), the keys sit in the lanes instead, so that no lane idles.
+// In bfloat16 on CPUs with AVX512-BF16 the first form multiplies bfloat16 pairs (`vdpbf16ps`), for few queries too
+// up to head_dim 16.
 // Accumulation is in float32; bfloat16 outputs are rounded to nearest even. Threads: OpenMP over (star, head),
 // the runtime torch itself uses (torch's libgomp is already loaded when this library is), so
 // `torch.set_num_threads` applies. Built and loaded by modeling_astro/small_head_attention.py.
@@ -217,7 +219,8 @@ void star_head(const T *query, const T *key, const T *value, const uint8_t *keep
     for (int64_t j = 0; j < num_keys; ++j) kept += keep[j] != 0;
 #ifdef __AVX512BF16__
     if constexpr (std::is_same_v<T, bfloat16>) {
-        if (!transposed) {
+        // also for few queries: cheaper than keys in lanes up to D = 16 (at D = 32 the accumulators spill)
+        if (!transposed || D <= 16) {
             alignas(64) uint32_t key_pairs[kept * D / 2], value_pairs[(kept + 1) / 2 * D];
             uint16_t *value_words = reinterpret_cast<uint16_t *>(value_pairs);
             for (int64_t d = 0; d < D; ++d)  // an odd last key: its missing partner has value 0 (and weight 0)
