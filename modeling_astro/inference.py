@@ -33,8 +33,9 @@ PROGRESS_MIN_BATCHES = 20
 #: Most decoded (star, request) pairs per forward pass: bounds the decoder's activations (width up to 3096 in
 #: the paper model) when many observations are requested, e.g. the 110 XP coefficients.
 MAX_REQUEST_TOKENS = 32768
-#: Default stars per forward pass: on a CPU, 128 keeps a batch's activations in cache (the paper model's
-#: XP -> labels in bf16 at 2 threads: 4.1k stars/s at 128, 3.0k at 512, worse at 1024); GPUs want large batches.
+#: Default stars per forward pass: on a CPU, 128 keeps a batch's activations in cache (the paper model's compiled
+#: bf16 XP -> labels forward at 2 threads: 4.6k stars/s at 64, 5.0k at 128, 4.6k at 256, slower still at 512 and
+#: 1024); GPUs want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 128, "cuda": 1024}
 
 
@@ -122,9 +123,9 @@ class AstroPredictor:
             casts of weights and activations); predictions are returned in float32. `None` or `torch.float32`
             runs the model itself in float32.
         compile: wrap the forward pass in `torch.compile(dynamic=True)` with inductor's freezing (the weights
-            become constants of the compiled graph: linear layers fused with their activations, measured 1.3-1.4x
-            faster on a CPU). The first batches compile (tens of seconds); build a new predictor after changing
-            the model's weights.
+            become constants of the compiled graph: linear layers fused with their activations; measured 1.3x (bf16)
+            to 2x (fp32) faster on a CPU). The first batches compile (tens of seconds); build a new predictor
+            after changing the model's weights.
         attn_implementation: attention backend of the predictor's copy of the network; default
             `"astro_cpu_small_heads"` on the CPU (a C++ kernel for the model's small heads, built on first use
             with the system compiler; 2-4x faster than SDPA per call) when it builds, else the model's own. The
