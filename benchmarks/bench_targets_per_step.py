@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset_dir", default=None, help="dataset folder (default: the embedded survey)")
-    parser.add_argument("--output_dir", default="bench_targets_per_step")
+    parser.add_argument("--output_dir", default="outputs/bench_targets_per_step")  # outputs/ is git-ignored
     parser.add_argument("--targets", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--max_steps", type=int, default=600)
     parser.add_argument("--eval_steps", type=int, default=100)
