@@ -228,7 +228,8 @@ void star_head(const T *query, const T *key, const T *value, const uint8_t *keep
             for (int64_t j = 0, row = 0; j < num_keys; ++j) {
                 if (!keep[j]) continue;
                 std::memcpy(key_pairs + row * D / 2, key + j * width, D * sizeof(bfloat16));
-                for (int64_t d = 0; d < D; ++d) value_words[(row / 2 * D + d) * 2 + row % 2] = value[j * width + d].bits;
+                for (int64_t d = 0; d < D; ++d)
+                    value_words[(row / 2 * D + d) * 2 + row % 2] = value[j * width + d].bits;
                 ++row;
             }
             alignas(64) vfloat scores[kept];
@@ -265,9 +266,8 @@ void star_head(const T *query, const T *key, const T *value, const uint8_t *keep
 }
 
 template <typename T>
-int attention(const T *query, const T *key, const T *value, const uint8_t *keep, T *out, int64_t batch_start,
-              int64_t batch_stop, int64_t num_heads, int64_t head_dim, int64_t num_queries, int64_t num_keys,
-              float scale) {
+int attention(const T *query, const T *key, const T *value, const uint8_t *keep, T *out, int64_t batch,
+              int64_t num_heads, int64_t head_dim, int64_t num_queries, int64_t num_keys, float scale) {
     void (*run)(const T *, const T *, const T *, const uint8_t *, T *, int64_t, int64_t, int64_t, float);
     switch (head_dim) {
         case 8: run = star_head<T, 8>; break;
@@ -277,7 +277,7 @@ int attention(const T *query, const T *key, const T *value, const uint8_t *keep,
     }
     const int64_t width = num_heads * head_dim;
 #pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = batch_start; b < batch_stop; ++b)
+    for (int64_t b = 0; b < batch; ++b)
         for (int64_t h = 0; h < num_heads; ++h)
             run(query + b * num_queries * width + h * head_dim, key + b * num_keys * width + h * head_dim,
                 value + b * num_keys * width + h * head_dim, keep + b * num_keys,
@@ -287,21 +287,19 @@ int attention(const T *query, const T *key, const T *value, const uint8_t *keep,
 
 }  // namespace
 
-// Attention of stars batch_start..batch_stop-1, all contiguous: query/out (batch, num_queries, num_heads *
+// Attention of `batch` stars, all contiguous: query/out (batch, num_queries, num_heads *
 // head_dim), key/value (batch, num_keys, num_heads * head_dim), keep (batch, num_keys) with 1 where the key may
 // be attended (every star needs one). Returns 0, or -1 for a head_dim without a specialisation.
 extern "C" int attention_f32(const float *query, const float *key, const float *value, const uint8_t *keep,
-                             float *out, int64_t batch_start, int64_t batch_stop, int64_t num_heads,
-                             int64_t head_dim, int64_t num_queries, int64_t num_keys, float scale) {
-    return attention(query, key, value, keep, out, batch_start, batch_stop, num_heads, head_dim, num_queries,
-                     num_keys, scale);
+                             float *out, int64_t batch, int64_t num_heads, int64_t head_dim, int64_t num_queries,
+                             int64_t num_keys, float scale) {
+    return attention(query, key, value, keep, out, batch, num_heads, head_dim, num_queries, num_keys, scale);
 }
 
 extern "C" int attention_bf16(const uint16_t *query, const uint16_t *key, const uint16_t *value,
-                              const uint8_t *keep, uint16_t *out, int64_t batch_start, int64_t batch_stop,
-                              int64_t num_heads, int64_t head_dim, int64_t num_queries, int64_t num_keys,
-                              float scale) {
+                              const uint8_t *keep, uint16_t *out, int64_t batch, int64_t num_heads,
+                              int64_t head_dim, int64_t num_queries, int64_t num_keys, float scale) {
     return attention(reinterpret_cast<const bfloat16 *>(query), reinterpret_cast<const bfloat16 *>(key),
-                     reinterpret_cast<const bfloat16 *>(value), keep, reinterpret_cast<bfloat16 *>(out),
-                     batch_start, batch_stop, num_heads, head_dim, num_queries, num_keys, scale);
+                     reinterpret_cast<const bfloat16 *>(value), keep, reinterpret_cast<bfloat16 *>(out), batch,
+                     num_heads, head_dim, num_queries, num_keys, scale);
 }

@@ -1,4 +1,4 @@
-"""Attention for the small heads of the Astro model on CPUs: a C kernel, built on first use, as an attention backend.
+"""Attention for the small heads of the Astro model on CPUs: a C++ kernel, built on first use, as an attention backend.
 
 The paper model's heads are 8-32 wide, where ATen's CPU scaled-dot-product attention spends most of its time on
 per-tile overhead (about 40% of an XP -> labels forward pass in bf16 at 2 threads). `small_head_attention.cpp`
@@ -93,7 +93,7 @@ def load_kernel() -> ctypes.CDLL | None:
         )
         return None
     for function in (kernel.attention_f32, kernel.attention_bf16):
-        function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 6 + [ctypes.c_float]
+        function.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_float]
         function.restype = ctypes.c_int
     return kernel
 
@@ -118,7 +118,6 @@ def _kernel_attention(
     function = kernel.attention_bf16 if query.dtype == torch.bfloat16 else kernel.attention_f32
     status = function(
         *(tensor.data_ptr() for tensor in (query, key, value, keep, out)),
-        0,
         batch,
         num_heads,
         head_dim,
