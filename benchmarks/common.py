@@ -258,8 +258,8 @@ def _measure_phase(args, input_names: Sequence[str], request: Sequence[str]) -> 
 
         compiled = args.phase.startswith("compiled")
         predictor = AstroPredictor(model, tokenizer, device="cpu", dtype=dtype, compile=compiled)
+        warm = 2 * predictor.batch_size + predictor.batch_size // 2
         for _ in range(2 if compiled else 1):  # compiling sees a full and a partial batch before the timing
-            warm = 2 * predictor.batch_size + predictor.batch_size // 2
             predictor.predict({key: values[:warm] for key, values in data.items()}, request, progress=False)
 
         def predict() -> tuple[np.ndarray, np.ndarray]:
