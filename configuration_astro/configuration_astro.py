@@ -111,8 +111,34 @@ class AstroConfig(PreTrainedConfig):
 
     @property
     def vocab_size(self) -> int:
-        """Number of embedding rows: one per observation name plus the padding id 0."""
+        """
+        Number of embedding rows: one per observation name plus the padding id 0.
+
+        Setting it (as `resize_token_embeddings` does) keeps the first `vocab_size - 1` names, or appends the
+        placeholder name `unnamed_<id>` for each new token id; `add_observations` grows the vocabulary with names.
+        """
         return len(self.observation_names) + 1
+
+    @vocab_size.setter
+    def vocab_size(self, value: int):
+        if value < 2:
+            raise ValueError(f"`vocab_size` must be at least 2 (padding and one observation), got {value}.")
+        names = list(self.observation_names[: value - 1])
+        self.observation_names = names + [f"unnamed_{token_id}" for token_id in range(len(names) + 1, value)]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        """Number of encoder blocks (transformers' common name; the decoder's are `len(decoder_attention_heads)`)."""
+        return len(self.encoder_attention_heads)
+
+    @property
+    def num_attention_heads(self) -> int:
+        """
+        Largest number of attention heads of any block (transformers' common name), so that
+        `hidden_size // num_attention_heads` is the smallest head width; the per-block counts are
+        `encoder_attention_heads` and `decoder_attention_heads`.
+        """
+        return max([*self.encoder_attention_heads, *self.decoder_attention_heads])
 
     def validate_architecture(self):
         """Part of `@strict`-powered validation: checks the block lists and the vocabulary."""

@@ -9,6 +9,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
@@ -18,7 +19,9 @@ from .configuration_astro import AstroConfig
 @dataclass
 class AstroModelOutput(ModelOutput):
     r"""
-    Output of [`AstroModel`].
+    Output of [`AstroModel`]. The names are transformers': `hidden_states` / `attentions` are the encoder's (its
+    self-attention over the input observations, as in encoder models), `decoder_hidden_states` / `cross_attentions`
+    the decoder's (the requests' cross-attention to the encoder states, as in encoder-decoder models).
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_requests, hidden_size)`, *optional*):
@@ -26,17 +29,30 @@ class AstroModelOutput(ModelOutput):
         encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_inputs, hidden_size)`):
             Encoder states of the input observations (the star's "perception"); padding positions are
             meaningless and are marked by `attention_mask`.
-        encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The value embeddings of the inputs and the output of each encoder block, each of shape
+            `(batch_size, num_inputs, hidden_size)`; the last one is `encoder_last_hidden_state`.
+        decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The embeddings of the requests and the output of each decoder block, each of shape
+            `(batch_size, num_requests, hidden_size)` (`None` when no request was given).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             Attention weights of each encoder block, shape `(batch_size, num_heads, num_inputs, num_inputs + 1)`
-            (the last key is the learned bias key).
+            (the last key is the learned bias key). Also readable as `encoder_attentions`, its earlier name.
         cross_attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
             Attention weights of each decoder block, shape `(batch_size, num_heads, num_requests, num_inputs + 1)`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def encoder_attentions(self) -> tuple[torch.FloatTensor, ...] | None:
+        """The encoder's attention weights, `attentions` (the name these outputs had before)."""
+        return self.attentions
 
 
 @dataclass
@@ -55,9 +71,7 @@ class AstroObservationPredictionOutput(ModelOutput):
             Predicted natural log of the model variance of each requested observation.
         encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_inputs, hidden_size)`):
             Encoder states of the input observations.
-        encoder_attentions (`tuple(torch.FloatTensor)`, *optional*):
-            See [`AstroModelOutput`].
-        cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        hidden_states, decoder_hidden_states, attentions, cross_attentions (*optional*):
             See [`AstroModelOutput`].
     """
 
@@ -65,8 +79,12 @@ class AstroObservationPredictionOutput(ModelOutput):
     mean: torch.FloatTensor | None = None
     logvar: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    encoder_attentions = AstroModelOutput.encoder_attentions
 
 
 def eager_attention_forward(
@@ -90,12 +108,19 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-class AstroValueEmbedding(nn.Module):
-    """`act(value * w_token + b_token)` for input values and `w_token` alone for requested observations."""
+class AstroValueEmbedding(nn.Embedding):
+    """
+    `act(value * w_token + b_token)` for input values and `w_token` alone for requested observations.
+
+    An `nn.Embedding` whose `weight` is the table of token vectors `w_token`, with a second table `bias` of the
+    same shape (`b_token`): generic tools that read, freeze or resize "the input embeddings" find both here.
+    """
 
     def __init__(self, config: AstroConfig):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
+        # `_weight` skips nn.Embedding's own random initialisation: `_init_weights` sets both tables.
+        super().__init__(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
         self.bias = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
         self.act = ACT2FN[config.embedding_act]
 
@@ -105,6 +130,27 @@ class AstroValueEmbedding(nn.Module):
             return token_vectors
         values = values.unsqueeze(-1).to(token_vectors.dtype)
         return self.act(token_vectors * values + F.embedding(token_ids, self.bias))
+
+    @torch.no_grad()
+    def resize(self, num_embeddings: int, mean_resizing: bool = True) -> None:
+        """
+        Keep the first `num_embeddings` rows of both tables, or append new rows: each table's mean row with
+        `mean_resizing` (transformers' `resize_token_embeddings` default), Xavier-uniform rows otherwise.
+        """
+        added = num_embeddings - self.num_embeddings
+        for name in ("weight", "bias"):
+            table = getattr(self, name)
+            if added <= 0:
+                rows = table[:num_embeddings].clone()
+            else:
+                new_rows = torch.empty(added, table.shape[1], dtype=table.dtype)
+                if mean_resizing:
+                    new_rows.copy_(table.float().mean(dim=0).expand(added, -1))
+                else:
+                    init.xavier_uniform_(new_rows)
+                rows = torch.cat([table, new_rows.to(table.device)])
+            setattr(self, name, nn.Parameter(rows, requires_grad=table.requires_grad))
+        self.num_embeddings = num_embeddings
 
 
 class AstroAttention(nn.Module):
@@ -166,8 +212,11 @@ class AstroAttention(nn.Module):
         return attn_output, attn_weights if output_attentions else None
 
 
-class AstroBlock(nn.Module):
-    """Post-LN transformer block: attention of queries over keys/values, then a feed-forward layer."""
+class AstroBlock(GradientCheckpointingLayer):
+    """
+    Post-LN transformer block: attention of queries over keys/values, then a feed-forward layer. Recomputed in the
+    backward pass after `model.gradient_checkpointing_enable()`.
+    """
 
     def __init__(self, config: AstroConfig, num_heads: int, ffn_dim: int, dropout: float, act: str):
         super().__init__()
@@ -200,6 +249,7 @@ class AstroPreTrainedModel(PreTrainedModel):
     base_model_prefix = "astro"
     main_input_name = "input_ids"
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
     _supports_attention_backend = True
     _no_split_modules = ["AstroBlock"]
 
@@ -236,6 +286,47 @@ class AstroPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids of the value embedding, `config.vocab_size` (set by `resize_token_embeddings`)."""
+        return self.config.vocab_size
+
+    def get_input_embeddings(self) -> AstroValueEmbedding:
+        """The value embedding (an `nn.Embedding`: token vectors in `weight`, token biases in `bias`)."""
+        return self.base_model.embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        """Replace the value embedding; `value` is called as `value(token_ids)` and `value(token_ids, values)`."""
+        self.base_model.embeddings = value
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> AstroValueEmbedding:
+        """
+        Resize the vocabulary to `new_num_tokens` ids (padding included), as transformers models do: rows are
+        dropped from the end or appended (each table's mean row with `mean_resizing`, else Xavier-uniform rows),
+        and `config.vocab_size` follows: `config.observation_names` loses its last names or gains placeholder names
+        (see [`AstroConfig.vocab_size`]). To add named observations, use `add_observations` instead.
+        """
+        embeddings = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        new_num_tokens = embeddings.num_embeddings if new_num_tokens is None else new_num_tokens
+        if pad_to_multiple_of is not None:
+            if not isinstance(pad_to_multiple_of, int):
+                raise ValueError(  # transformers' own message, word for word
+                    f"Asking to pad the embedding matrix to a multiple of `{pad_to_multiple_of}`, which is not and "
+                    "integer. Please make sure to pass an integer"
+                )
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens < 2:
+            raise ValueError(
+                f"`new_num_tokens` must be at least 2 (padding and one observation), got {new_num_tokens}."
+            )
+        embeddings.resize(new_num_tokens, mean_resizing=mean_resizing)
+        self.config.vocab_size = new_num_tokens
+        return embeddings
+
     def add_observations(self, names: list[str]) -> list[int]:
         """
         Append new observation names (e.g. a label from another survey) to the vocabulary: the value embedding
@@ -246,13 +337,8 @@ class AstroPreTrainedModel(PreTrainedModel):
         if duplicates or len(set(names)) != len(names):
             raise ValueError(f"Observation names already in the vocabulary or repeated: {duplicates or names}.")
         embeddings = self.get_input_embeddings()
-        first_new = embeddings.weight.shape[0]
-        new_rows = torch.empty(len(names), embeddings.weight.shape[1], dtype=embeddings.weight.dtype)
-        with torch.no_grad():
-            for attribute in ("weight", "bias"):
-                init.xavier_uniform_(new_rows)
-                grown = torch.cat([getattr(embeddings, attribute), new_rows.to(embeddings.weight.device)])
-                setattr(embeddings, attribute, nn.Parameter(grown))
+        first_new = embeddings.num_embeddings
+        embeddings.resize(first_new + len(names), mean_resizing=False)
         self.config.observation_names = [*self.config.observation_names, *names]
         return list(range(first_new, first_new + len(names)))
 
@@ -309,6 +395,28 @@ class AstroModel(AstroPreTrainedModel):
     cross-attention decoder from the requested observations to the encoder states. It returns decoder states
     (and the encoder states, e.g. to pool per-star embeddings); use [`AstroForObservationPrediction`] for
     predictions.
+
+    transformers' conventions that it follows: `output_attentions`, `output_hidden_states` and `return_dict` default
+    to the config's; `hidden_states` / `attentions` are the encoder's and `decoder_hidden_states` /
+    `cross_attentions` the decoder's; `get_input_embeddings` / `set_input_embeddings` / `resize_token_embeddings`
+    work on the value embedding (an `nn.Embedding` with a second, bias, table); `config.num_hidden_layers`,
+    `config.num_attention_heads` and `config.vocab_size` are readable as in any transformers config; gradient
+    checkpointing and the attention backends of `AttentionInterface`. Those that do not apply to a model from a
+    set of observations to a set of requests, and why:
+
+    - `inputs_embeds`: an input's embedding depends on its value (`act(value * w_token + b_token)`) and the ids are
+      needed anyway (padding mask, input checks); pass `input_ids` and `input_values`.
+    - `config.is_encoder_decoder` stays `False`: in transformers it means sequence-to-sequence generation
+      (`decoder_input_ids`, a decoder self-attention cache, `generate`, `decoder_attentions`) and makes
+      `get_text_config(decoder=True)` rename the `encoder_*`/`decoder_*` settings. Here requests do not attend to
+      each other (so a prediction never depends on which other observations are requested), nothing is generated
+      and there is no cache.
+    - Position embeddings (absolute, RoPE, sliding windows): a star is a set, the order of its tokens carries
+      nothing.
+    - Output embeddings, tied weights, language-modelling losses: the head predicts a Gaussian (mean, log-variance)
+      per request, not logits over a vocabulary.
+    - One `num_attention_heads` per model: the head count varies from block to block
+      (`encoder_attention_heads`, `decoder_attention_heads`); the config's `num_attention_heads` is the largest.
     """
 
     def __init__(self, config: AstroConfig):
@@ -324,9 +432,6 @@ class AstroModel(AstroPreTrainedModel):
         )
         self.post_init()
 
-    def get_input_embeddings(self) -> AstroValueEmbedding:
-        return self.embeddings
-
     def key_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """
         Boolean `(batch, 1, 1, num_inputs [+ 1])` mask of the keys every attention layer may attend: the real
@@ -337,6 +442,31 @@ class AstroModel(AstroPreTrainedModel):
             mask = F.pad(mask, (0, 1), value=True)
         return mask[:, None, None, :]
 
+    def _run_blocks(
+        self,
+        blocks: nn.ModuleList,
+        hidden_states: torch.Tensor,
+        key_mask: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """
+        Run `blocks`: self-attention when `encoder_hidden_states` is None, else cross-attention to it. Returns the
+        final states, the states entering each block plus the final ones (with `output_hidden_states`) and each
+        block's attention weights (with `output_attentions`).
+        """
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block in blocks:
+            keys = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            hidden_states, weights = block(hidden_states, keys, key_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden_states, all_attentions
+
     def encode(
         self,
         input_ids: torch.LongTensor,
@@ -345,13 +475,13 @@ class AstroModel(AstroPreTrainedModel):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Encoder states `(batch, num_inputs, hidden)` of the input observations, and attention weights."""
-        hidden_states = self.embeddings(input_ids, input_values)
-        mask = self.key_mask(attention_mask)
-        attentions = ()
-        for block in self.encoder:
-            hidden_states, weights = block(hidden_states, hidden_states, mask, output_attentions)
-            attentions += (weights,)
-        return hidden_states, attentions
+        states, _, attentions = self._run_blocks(
+            self.encoder,
+            self.embeddings(input_ids, input_values),
+            self.key_mask(attention_mask),
+            output_attentions=output_attentions,
+        )
+        return states, attentions or ()
 
     def decode(
         self,
@@ -361,13 +491,14 @@ class AstroModel(AstroPreTrainedModel):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Decoder states `(batch, num_requests, hidden)`: every request attends to the encoder states only."""
-        hidden_states = self.embeddings(request_ids)
-        mask = self.key_mask(attention_mask)
-        attentions = ()
-        for block in self.decoder:
-            hidden_states, weights = block(hidden_states, encoder_hidden_states, mask, output_attentions)
-            attentions += (weights,)
-        return hidden_states, attentions
+        states, _, attentions = self._run_blocks(
+            self.decoder,
+            self.embeddings(request_ids),
+            self.key_mask(attention_mask),
+            encoder_hidden_states=encoder_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return states, attentions or ()
 
     def forward(
         self,
@@ -375,7 +506,8 @@ class AstroModel(AstroPreTrainedModel):
         input_values: torch.FloatTensor,
         attention_mask: torch.Tensor | None = None,
         request_ids: torch.LongTensor | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AstroModelOutput | tuple:
@@ -389,22 +521,45 @@ class AstroModel(AstroPreTrainedModel):
                 1 for real observations, 0 for padding. Defaults to `input_ids != 0`.
             request_ids (`torch.LongTensor` of shape `(batch_size, num_requests)`, *optional*):
                 Token ids of the requested observations, all decoded in one pass. Without it only the encoder runs.
+            output_attentions (`bool`, *optional*, defaults to `config.output_attentions`):
+                Also return the attention weights of every block (computed with the eager attention).
+            output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`):
+                Also return the states entering every block and the final ones.
+            return_dict (`bool`, *optional*, defaults to `config.return_dict`):
+                Return an [`AstroModelOutput`] rather than a plain tuple of its non-`None` fields.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
         if attention_mask is None:
-            attention_mask = input_ids != self.config.pad_token_id
+            attention_mask = input_ids != config.pad_token_id
         self._validate_inputs(input_ids, input_values, attention_mask, request_ids)
-        encoder_states, encoder_attentions = self.encode(input_ids, input_values, attention_mask, output_attentions)
-        decoder_states, cross_attentions = None, ()
+        key_mask = self.key_mask(attention_mask)
+        encoder_states, hidden_states, attentions = self._run_blocks(
+            self.encoder,
+            self.embeddings(input_ids, input_values),
+            key_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        decoder_states = decoder_hidden_states = cross_attentions = None
         if request_ids is not None:
-            decoder_states, cross_attentions = self.decode(
-                request_ids, encoder_states, attention_mask, output_attentions
+            decoder_states, decoder_hidden_states, cross_attentions = self._run_blocks(
+                self.decoder,
+                self.embeddings(request_ids),
+                key_mask,
+                encoder_hidden_states=encoder_states,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
             )
         output = AstroModelOutput(
             last_hidden_state=decoder_states,
             encoder_last_hidden_state=encoder_states,
-            encoder_attentions=encoder_attentions if output_attentions else None,
-            cross_attentions=cross_attentions if output_attentions else None,
+            hidden_states=hidden_states,
+            decoder_hidden_states=decoder_hidden_states,
+            attentions=attentions,
+            cross_attentions=cross_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -454,9 +609,6 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         self.head = AstroPredictionHead(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> AstroValueEmbedding:
-        return self.astro.embeddings
-
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -465,14 +617,15 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.FloatTensor | None = None,
         label_errors: torch.FloatTensor | None = None,
-        output_attentions: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> AstroObservationPredictionOutput | tuple:
         r"""
         Args:
-            input_ids, input_values, attention_mask, request_ids:
+            input_ids, input_values, attention_mask, request_ids, output_attentions, output_hidden_states, return_dict:
                 See [`AstroModel.forward`]. A request id of 0 is padding: its prediction is ignored by the loss.
             labels (`torch.FloatTensor` of shape `(batch_size, num_requests)`, *optional*):
                 Standardised true values of the requested observations; NaN marks a target to ignore.
@@ -489,6 +642,7 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             attention_mask=attention_mask,
             request_ids=request_ids,
             output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         mean, logvar = self.head(outputs.last_hidden_state)
@@ -500,7 +654,9 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             mean=mean,
             logvar=logvar,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_attentions=outputs.encoder_attentions,
+            hidden_states=outputs.hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            attentions=outputs.attentions,
             cross_attentions=outputs.cross_attentions,
         )
         return output if return_dict else output.to_tuple()
