@@ -12,8 +12,15 @@ import torch
 import modeling_astro  # noqa: F401  (registers the Auto classes)
 from configuration_astro import AstroConfig
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-"""The read-only real survey files and original checkpoint, in the `shared/` folder beside the checkout."""
+SHARED_DATA = next(
+    (
+        folder / "shared" / "data"
+        for folder in Path(__file__).resolve().parents[1:]
+        if (folder / "shared" / "data").is_dir()
+    ),
+    Path(__file__).resolve().parents[2] / "shared" / "data",
+)
+"""The read-only real survey files and original checkpoint, in the `shared/` folder beside the checkout (or above)."""
 
 
 def run_process_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
