@@ -173,6 +173,7 @@ def evaluate(
     output_dir: str,
     baseline: bool = True,
     predictor_kwargs: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Run the paper's protocol on the test split of `data_dir` with the model saved in `model_path`.
@@ -182,13 +183,15 @@ def evaluate(
     `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
     `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's
     metrics
-    under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`.
+    under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`. `predictor_kwargs` go to
+    `AstroPredictor.from_pretrained` (default device: the CPU); `training` (facts of the run that made the model:
+    threads, steps/s, planned steps) is recorded under `"training"`.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     splits = load_split_tables(data_dir)
     test = splits["test"]
-    predictor = AstroPredictor.from_pretrained(model_path, device="cpu", **(predictor_kwargs or {}))
+    predictor = AstroPredictor.from_pretrained(model_path, **{"device": "cpu", **(predictor_kwargs or {})})
     inputs = {name: test[name].to_numpy() for name in EVALUATION_INPUTS}
     inputs.update(
         {f"{name}_err": test[f"{name}_err"].to_numpy() for name in EVALUATION_INPUTS if f"{name}_err" in test}
@@ -201,6 +204,8 @@ def evaluate(
     xgb_seconds = time.perf_counter() - started
 
     results: dict[str, Any] = {"test_stars": len(test), "model_predict_seconds": round(model_seconds, 2)}
+    if training is not None:
+        results["training"] = training
     if baseline:
         results.update({"xgboost_fit_seconds": round(xgb_seconds, 2), "xgboost_rounds": rounds})
     has_xp = np.isfinite(test[list(EVALUATION_INPUTS[:60])].to_numpy()).all(axis=1)  # the paper's test stars
