@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configuration_astro import AstroConfig
-
+from .configuration_astro import AstroConfig
 from .feature_extraction_astro import AstroTokenizer
 from .modeling_astro import AstroForObservationPrediction
 
