@@ -37,12 +37,11 @@ from configuration_astro import AstroConfig
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import (
-    EVALUATION_INPUTS,
-    EVALUATION_LABELS,
     evaluate,
     format_table,
     load_split_tables,
 )
+from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
 
 REPO_ROOT = Path(__file__).resolve().parent
 MODEL_PRESETS = {
@@ -58,8 +57,6 @@ MODEL_PRESETS = {
     "small": AstroConfig.small,
     "paper": AstroConfig,
 }
-LABEL_PROMPT = (*EVALUATION_LABELS, "logebv")  # the inputs of labels -> spectra
-LOCI_PROMPT = ("logg", "m_h", "logebv")  # the inputs of the stellar loci: Teff and colours from log g and [M/H]
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
 PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps

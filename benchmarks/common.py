@@ -28,7 +28,6 @@ from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa
 
 THREADS = 2
 FAST_PATHS = ("fast_fp32", "fast_bf16", "compiled_fp32", "compiled_bf16")  # AstroPredictor: eager / torch.compile
-XP_NAMES = [f"bp{i}" for i in range(55)] + [f"rp{i}" for i in range(55)]
 LABEL_NAMES = ["teff", "logg", "m_h", "logebv"]
 
 

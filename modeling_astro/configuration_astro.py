@@ -3,21 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-XP_COEFFICIENTS_PER_BAND = 55
+from .observations import DEFAULT_OBSERVATION_NAMES, XP_COEFFICIENTS_PER_BAND
 
-#: The 118 observation names of the paper's model, in token order (token id = position + 1; 0 is padding).
-DEFAULT_OBSERVATION_NAMES: tuple[str, ...] = (
-    *(f"bp{i}" for i in range(XP_COEFFICIENTS_PER_BAND)),
-    *(f"rp{i}" for i in range(XP_COEFFICIENTS_PER_BAND)),
-    "bprp",
-    "jh",
-    "jk",
-    "teff",
-    "logg",
-    "m_h",
-    "logebv",
-    "g_fakemag",
-)
+__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]
 
 
 @strict

@@ -25,9 +25,8 @@ from huggingface_hub.repocard import metadata_load
 from scipy.stats import norm
 
 from .inference import AstroPredictor
+from .observations import EVALUATION_INPUTS, EVALUATION_LABELS
 
-EVALUATION_INPUTS = (*(f"bp{i}" for i in range(30)), *(f"rp{i}" for i in range(30)), "bprp", "jh", "jk")
-EVALUATION_LABELS = ("teff", "logg", "m_h")
 SPLITS = ("train", "validation", "test")
 LABEL_TITLES = {"teff": "Teff [K]", "logg": "log g [dex]", "m_h": "[M/H] [dex]"}
 OUTLIER_MAD_STDS = 3.0

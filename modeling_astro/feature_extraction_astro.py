@@ -13,9 +13,7 @@ from astropy.stats import mad_std
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils import cached_file
 
-from .configuration_astro import DEFAULT_OBSERVATION_NAMES
-
-ERROR_SUFFIX = "_err"
+from .observations import DEFAULT_OBSERVATION_NAMES, ERROR_SUFFIX
 
 
 class ObservationNameError(KeyError):

@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .feature_extraction_astro import AstroTokenizer, _column_names
+from .observations import SIGMA_SUFFIX
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
 
-SIGMA_SUFFIX = "_sigma"
 #: Stars tokenised (and moved to the device) at once, in units of the batch size: larger chunks pad less.
 CHUNK_BATCHES = 16
 #: Inputs with more stars than this many batches show a progress bar when `progress=None`.

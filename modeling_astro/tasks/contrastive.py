@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..inference import pool_states
+from ..observations import LABEL_PROMPT
 from .labels import SPECTRA_INPUTS, select_inputs
 
-LABELS_VIEW: tuple[str, ...] = ("teff", "logg", "m_h", "logebv")
+LABELS_VIEW = LABEL_PROMPT  # the second view: the labels and the extinction
 """The labels-only view: APOGEE-like labels and extinction."""
 
 
