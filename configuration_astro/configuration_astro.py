@@ -19,6 +19,22 @@ DEFAULT_OBSERVATION_NAMES: tuple[str, ...] = (
     "g_fakemag",
 )
 
+#: Physical unit of each default observation, as an astropy unit string ("" = dimensionless): the tokenizer
+#: converts table columns that carry a unit (an astropy `Table`/`QTable`) to these. XP coefficients are divided by
+#: the G-band flux (dimensionless); `g_fakemag` is parallax [mas] * 10**(0.2 G); `logebv` (the natural log of
+#: E(B-V) in mag) has no astropy unit: a column of it must not carry one.
+DEFAULT_OBSERVATION_UNITS: dict[str, str | None] = {
+    **{name: "" for name in DEFAULT_OBSERVATION_NAMES[: 2 * XP_COEFFICIENTS_PER_BAND]},
+    "bprp": "mag",
+    "jh": "mag",
+    "jk": "mag",
+    "teff": "K",
+    "logg": "dex(cm / s2)",
+    "m_h": "dex",
+    "logebv": None,
+    "g_fakemag": "mas",
+}
+
 
 @strict
 class AstroConfig(PreTrainedConfig):
@@ -178,4 +194,4 @@ class AstroConfig(PreTrainedConfig):
         return cls(**defaults)
 
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]
+__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]
