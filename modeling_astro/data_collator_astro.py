@@ -84,8 +84,7 @@ class AstroDataCollator:
             raise ValueError(f"`max_blanked` must be >= 0, got {max_blanked}.")
         if label_target_fraction is not None and not 0.0 < label_target_fraction <= 1.0:
             raise ValueError(
-                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got "
-                f"{label_target_fraction}."
+                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got {label_target_fraction}."
             )
         if (
             len(prompts) != len(prompt_fractions)
@@ -184,8 +183,7 @@ class AstroDataCollator:
         if (num_present == 0).any():
             rows = (num_present == 0).nonzero().flatten().tolist()
             raise ValueError(
-                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the "
-                "dataset."
+                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the dataset."
             )
         batch_size = values.shape[0]
         rows = torch.arange(batch_size)[:, None]

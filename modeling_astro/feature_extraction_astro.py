@@ -93,8 +93,10 @@ class StarTable:
             data, names = self._from_mapping({name: data[name] for name in data.dtype.names})
         elif isinstance(data, Mapping) or (hasattr(data, "keys") and hasattr(data, "__getitem__")):
             data, names = self._from_mapping(data)
-        elif isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and all(
-            isinstance(row, Mapping) for row in data
+        elif (
+            isinstance(data, Sequence)
+            and not isinstance(data, (str, bytes))
+            and all(isinstance(row, Mapping) for row in data)
         ):  # list of row dicts (dataset rows)
             if not data:
                 raise ValueError("The input holds no star (an empty list of rows).")
@@ -129,8 +131,10 @@ class StarTable:
                 "per star in every column (scalars only for a single star)."
             )
         if scalars:
-            columns = {name: value.reshape(1) if hasattr(value, "reshape") else np.asarray([value])
-                       for name, value in columns.items()}
+            columns = {
+                name: value.reshape(1) if hasattr(value, "reshape") else np.asarray([value])
+                for name, value in columns.items()
+            }
         lengths = {name: len(value) for name, value in columns.items()}
         if len(set(lengths.values())) > 1:
             by_length = {}
@@ -172,8 +176,11 @@ class StarTable:
         column_unit = getattr(column, "unit", None)
         if isinstance(column, (pd.Series, pd.Index)):
             kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else None
-            if kind in ("i", "u", "f") or (kind is None and pd.api.types.is_numeric_dtype(column.dtype)
-                                            and not pd.api.types.is_bool_dtype(column.dtype)):
+            if kind in ("i", "u", "f") or (
+                kind is None
+                and pd.api.types.is_numeric_dtype(column.dtype)
+                and not pd.api.types.is_bool_dtype(column.dtype)
+            ):
                 values = column.to_numpy(dtype=float, na_value=np.nan)
             else:
                 values = column.to_numpy(dtype=object)
@@ -332,7 +339,9 @@ class AstroTokenizer(FeatureExtractionMixin):
                 try:
                     u.Unit(unit)
                 except ValueError as error:
-                    raise ValueError(f"`observation_units` of {name!r}: {unit!r} is not an astropy unit ({error}).")
+                    raise ValueError(
+                        f"`observation_units` of {name!r}: {unit!r} is not an astropy unit ({error})."
+                    ) from None
         if len(set(self.observation_names)) != size:
             raise ValueError("`observation_names` must be unique.")
         if len(self.medians) != size or len(self.scales) != size:
@@ -440,8 +449,10 @@ class AstroTokenizer(FeatureExtractionMixin):
             return True
         if column.startswith(NON_OBSERVATION_PREFIXES):
             return True
-        return any(column.endswith(suffix) and column[: -len(suffix)] in self._token_ids for suffix in
-                   (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES))
+        return any(
+            column.endswith(suffix) and column[: -len(suffix)] in self._token_ids
+            for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES)
+        )
 
     def _select_names(
         self, columns: Sequence[str], observation_names: Sequence[str] | None, ignore_columns: Sequence[str] = ()
@@ -580,15 +591,24 @@ class AstroTokenizer(FeatureExtractionMixin):
             negative = present & (errors < 0)
             huge = present & (np.isinf(errors) | (errors > MAX_STANDARDISED_VALUE * scale))
         problems = [
-            (far, "value(s) far outside the tokenizer's range",
-             "check the units and sentinel values (e.g. 99.999 or -9999 for missing) and set missing values to NaN",
-             "treated as missing"),
-            (negative, "negative 1-sigma error(s)",
-             "errors must be >= 0: set unknown errors to NaN",
-             "errors treated as unknown"),
-            (huge, "infinite or huge 1-sigma error(s)",
-             "an error that large carries no information: set the value to NaN",
-             "values treated as missing"),
+            (
+                far,
+                "value(s) far outside the tokenizer's range",
+                "check the units and sentinel values (e.g. 99.999 or -9999 for missing) and set missing values to NaN",
+                "treated as missing",
+            ),
+            (
+                negative,
+                "negative 1-sigma error(s)",
+                "errors must be >= 0: set unknown errors to NaN",
+                "errors treated as unknown",
+            ),
+            (
+                huge,
+                "infinite or huge 1-sigma error(s)",
+                "an error that large carries no information: set the value to NaN",
+                "values treated as missing",
+            ),
         ]
         reports = []
         for mask, what, advice, masked in problems:

@@ -122,9 +122,7 @@ class AstroPredictor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(
-                f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}."
-            )
+            raise ValueError(f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}.")
         tokenizer.check_vocabulary(model.config.observation_names)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
@@ -350,14 +348,10 @@ class AstroPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Monte-Carlo propagation of the input errors: mean and log total variance over `n_samples` draws."""
         values, errors, mask = batch["input_values"], batch["input_errors"], batch["attention_mask"]
-        noise = torch.randn(
-            (n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype
-        )
+        noise = torch.randn((n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype)
         sampled = (values + noise * errors * mask).flatten(0, 1)
         repeat = (n_samples, 1)
-        mean, logvar, *_ = self._forward(
-            batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids
-        )
+        mean, logvar, *_ = self._forward(batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids)
         mean = mean.view(n_samples, *values.shape[:1], -1)
         variance = logvar.view_as(mean).exp().mean(dim=0)
         spread = mean.var(dim=0, correction=1) if n_samples > 1 else torch.zeros_like(variance)
@@ -392,14 +386,10 @@ class AstroPredictor:
         encoder, cross = [], []
         for layer in range(len(batches[0][2]) if batches else 0):
             heads = batches[0][2][layer].shape[1]
-            encoder.append(
-                np.full((num_stars, heads, longest, longest + extra_keys), np.nan, dtype=np.float32)
-            )
+            encoder.append(np.full((num_stars, heads, longest, longest + extra_keys), np.nan, dtype=np.float32))
         for layer in range(len(batches[0][3]) if batches else 0):
             heads = batches[0][3][layer].shape[1]
-            cross.append(
-                np.full((num_stars, heads, num_requests, longest + extra_keys), np.nan, dtype=np.float32)
-            )
+            cross.append(np.full((num_stars, heads, num_requests, longest + extra_keys), np.nan, dtype=np.float32))
         for stars, ids, encoder_att, cross_att in batches:
             length = ids.shape[1]
             input_ids[stars, :length] = ids.cpu().numpy()
@@ -439,9 +429,7 @@ class AstroPredictor:
         error_rows = None if errors is None else StarTable(errors)
         empty: list[np.ndarray] = []
         for start, stars, batch in self._batches(rows, error_rows, self.batch_size, progress, invalid, (), empty):
-            *_, states, _, _ = self._forward(
-                batch["input_ids"], batch["input_values"], batch["attention_mask"], None
-            )
+            *_, states, _, _ = self._forward(batch["input_ids"], batch["input_values"], batch["attention_mask"], None)
             vectors[start + stars] = pool_states(states, batch["attention_mask"], pooling).cpu().numpy()
         self._warn_empty_stars(vectors, empty)
         return vectors
