@@ -125,6 +125,22 @@ class AstroConfig(PreTrainedConfig):
             setattr(self, name, list(getattr(self, name)))
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "AstroConfig":
+        """
+        A config from a dict (as read from `config.json`); a `vocab_size` that disagrees with the
+        `observation_names` (`vocab_size` is `len(observation_names) + 1`) is an error, not a silent resize.
+        """
+        vocab_size = config_dict.get("vocab_size")
+        names = config_dict.get("observation_names")
+        if vocab_size is not None and names is not None and vocab_size != len(names) + 1:
+            raise ValueError(
+                f"The config sets vocab_size {vocab_size} but lists {len(names)} observation_names (vocab_size is "
+                f"len(observation_names) + 1 = {len(names) + 1}): remove `vocab_size` from config.json, or make "
+                "`observation_names` match the checkpoint's embedding rows."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def vocab_size(self) -> int:
         """
