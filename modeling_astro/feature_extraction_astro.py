@@ -26,8 +26,9 @@ ERROR_SUFFIX_ALIASES: tuple[str, ...] = ("_error",)
 NON_OBSERVATION_COLUMNS: tuple[str, ...] = ("source_id",)
 NON_OBSERVATION_PREFIXES: tuple[str, ...] = ("true_",)
 #: Most |standardised value| (and standardised 1-sigma error) the tokenizer accepts: values this many scales from
-#: the observation's median are wrong units or sentinels, and larger ones overflow the model's float32 arithmetic.
-MAX_STANDARDISED_VALUE = 1e5
+#: the observation's median are wrong units or sentinels (the simulated survey's largest is ~500, g_fakemag of
+#: nearby stars), and far larger ones overflow the model's float32 arithmetic into NaN.
+MAX_STANDARDISED_VALUE = 1e4
 #: Strings read as a missing value in a text column (case-insensitive, surrounding spaces ignored).
 MISSING_STRINGS = frozenset({"", "nan", "null", "none", "na", "n/a", "--"})
 INVALID_POLICIES = ("raise", "mask")
@@ -175,15 +176,15 @@ class StarTable:
         column = self.data[self._keys.get(name, name)]
         column_unit = getattr(column, "unit", None)
         if isinstance(column, (pd.Series, pd.Index)):
-            kind = column.dtype.kind if isinstance(column.dtype, np.dtype) else None
-            if kind in ("i", "u", "f") or (
-                kind is None
-                and pd.api.types.is_numeric_dtype(column.dtype)
-                and not pd.api.types.is_bool_dtype(column.dtype)
-            ):
+            dtype = column.dtype
+            if isinstance(dtype, np.dtype):  # numpy dtypes: checked by _as_float
+                values = column.to_numpy()
+            elif pd.api.types.is_bool_dtype(dtype):
+                values = np.zeros(len(column), dtype=bool)
+            elif pd.api.types.is_numeric_dtype(dtype):  # nullable Float64/Int64, pd.NA -> NaN
                 values = column.to_numpy(dtype=float, na_value=np.nan)
-            else:
-                values = column.to_numpy(dtype=object)
+            else:  # string, category, ...
+                values = column.astype(object).to_numpy(dtype=object)
             mask = None
         else:
             mask = np.ma.getmaskarray(column) if isinstance(column, np.ma.MaskedArray) else None
@@ -218,7 +219,7 @@ class StarTable:
                 flat = np.char.decode(flat, "utf-8", errors="replace")
             flat = np.array(flat, dtype=object)
             text = np.array([isinstance(v, str) for v in flat])
-            missing = pd.isna(pd.Series(flat, dtype=object)).to_numpy() if len(flat) else np.zeros(0, bool)
+            missing = np.array(pd.isna(pd.Series(flat, dtype=object)), dtype=bool)
             if text.any():
                 missing[text] = [v.strip().lower() in MISSING_STRINGS for v in flat[text]]
             if values.ndim == 1 and any(isinstance(v, (np.ndarray, list, tuple)) for v in flat[:1]):
@@ -591,43 +592,33 @@ class AstroTokenizer(FeatureExtractionMixin):
             negative = present & (errors < 0)
             huge = present & (np.isinf(errors) | (errors > MAX_STANDARDISED_VALUE * scale))
         problems = [
-            (
-                far,
-                "value(s) far outside the tokenizer's range",
-                "check the units and sentinel values (e.g. 99.999 or -9999 for missing) and set missing values to NaN",
-                "treated as missing",
-            ),
-            (
-                negative,
-                "negative 1-sigma error(s)",
-                "errors must be >= 0: set unknown errors to NaN",
-                "errors treated as unknown",
-            ),
-            (
-                huge,
-                "infinite or huge 1-sigma error(s)",
-                "an error that large carries no information: set the value to NaN",
-                "values treated as missing",
-            ),
-        ]
+            (far, "value(s) far outside the tokenizer's range", "check the units and sentinel values (e.g. 99.999 "
+             "or -9999 for missing) and set missing values to NaN, or pass invalid='mask' to treat them as missing",
+             "treated as missing"),
+            (negative, "negative 1-sigma error(s)", "errors must be >= 0: set unknown errors to NaN, or pass "
+             "invalid='mask' to treat them as unknown", "errors treated as unknown"),
+            (huge, "infinite or huge 1-sigma error(s)", "an error that large carries no information: set the value "
+             "to NaN, or pass invalid='mask' to treat such values as missing", "values treated as missing"),
+        ]  # fmt: skip
         reports = []
         for mask, what, advice, masked in problems:
             for index in np.flatnonzero(mask.any(axis=0)):
                 row = int(np.flatnonzero(mask[:, index])[0])
-                label = names[index] if mask is far else (error_names[index] or names[index])
-                shown = values[row, index] if mask is far else errors[row, index]
+                if mask is far:
+                    label = f"Observation {names[index]!r}"
+                    shown = values[row, index]
+                else:
+                    label = f"{error_names[index] or names[index]!r} (the 1-sigma error of {names[index]!r})"
+                    shown = errors[row, index]
                 where = f"first at row {row_offset + row}: {shown:g}"
                 if mask is far:
                     distance = abs(shown - median[index]) / scale[index]
                     where += f", {distance:.3g} scales from its median {median[index]:g}"
                 if mask is not negative:
                     where += f"; at most {MAX_STANDARDISED_VALUE:g} scales ({MAX_STANDARDISED_VALUE * scale[index]:g})"
-                detail = f"{int(mask[:, index].sum())} {what} in {label!r} ({where})"
+                detail = f"{label}: {int(mask[:, index].sum())} {what} ({where})"
                 if invalid == "raise":
-                    raise ValueError(
-                        f"Observation {names[index]!r}: {detail}: {advice}, or pass invalid='mask' to treat them as "
-                        "missing."
-                    )
+                    raise ValueError(f"{detail}: {advice}.")
                 reports.append(f"{detail}: {masked}")
         if reports:
             values[far | huge] = np.nan

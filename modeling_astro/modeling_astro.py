@@ -277,6 +277,14 @@ class AstroPreTrainedModel(PreTrainedModel):
             raise OSError(
                 f"{weights}: the weights file is truncated or corrupt ({error}); download or save the checkpoint again."
             ) from error
+        except RuntimeError as error:
+            if "mismatched" not in str(error):
+                raise
+            raise ValueError(
+                f"{weights}: the weights' shapes do not match the config.json beside them (observation_names, "
+                "hidden sizes or layer widths edited?); the load report above lists the parameters. Save the model "
+                "and its config together."
+            ) from error
         for name, tensor in (*model.named_parameters(), *model.named_buffers()):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
