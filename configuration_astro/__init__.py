@@ -6,6 +6,11 @@ AstroConfig`), so that a checkpoint folder loads with `trust_remote_code=True` w
 This package is the configuration's public name.
 """
 
-from modeling_astro.configuration_astro import DEFAULT_OBSERVATION_NAMES, XP_COEFFICIENTS_PER_BAND, AstroConfig
+from modeling_astro.configuration_astro import (
+    DEFAULT_OBSERVATION_NAMES,
+    DEFAULT_OBSERVATION_UNITS,
+    XP_COEFFICIENTS_PER_BAND,
+    AstroConfig,
+)
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]
+__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]

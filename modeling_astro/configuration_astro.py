@@ -3,9 +3,9 @@
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from .observations import DEFAULT_OBSERVATION_NAMES, XP_COEFFICIENTS_PER_BAND
+from .observations import DEFAULT_OBSERVATION_NAMES, DEFAULT_OBSERVATION_UNITS, XP_COEFFICIENTS_PER_BAND
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]
+__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]
 
 
 @strict
@@ -96,6 +96,22 @@ class AstroConfig(PreTrainedConfig):
         ):
             setattr(self, name, list(getattr(self, name)))
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "AstroConfig":
+        """
+        A config from a dict (as read from `config.json`); a `vocab_size` that disagrees with the
+        `observation_names` (`vocab_size` is `len(observation_names) + 1`) is an error, not a silent resize.
+        """
+        vocab_size = config_dict.get("vocab_size")
+        names = config_dict.get("observation_names")
+        if vocab_size is not None and names is not None and vocab_size != len(names) + 1:
+            raise ValueError(
+                f"The config sets vocab_size {vocab_size} but lists {len(names)} observation_names (vocab_size is "
+                f"len(observation_names) + 1 = {len(names) + 1}): remove `vocab_size` from config.json, or make "
+                "`observation_names` match the checkpoint's embedding rows."
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def vocab_size(self) -> int:

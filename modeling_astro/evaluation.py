@@ -117,14 +117,17 @@ def load_split_tables(
         files = sorted(folder.glob(patterns.get(split, f"data/{split}-*.parquet")))
         if not files:
             raise ValueError(f"Dataset {data_dir} has no {split!r} split (no data/{split}-*.parquet files).")
-        tables[split] = pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
-        missing = [name for name in required if name not in tables[split].columns]
-        if missing:
-            raise ValueError(
-                f"The {split!r} split of {data_dir} lacks required column(s) {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}; rebuild the dataset with "
-                "`python -m dataset_builder build`."
-            )
+        shards = []
+        for file in files:  # per shard: a concat would fill a column one shard lacks with NaN
+            shards.append(pd.read_parquet(file))
+            missing = [name for name in required if name not in shards[-1].columns]
+            if missing:
+                raise ValueError(
+                    f"The {split!r} split of {data_dir} lacks required column(s) {missing[:8]}"
+                    f"{' ...' if len(missing) > 8 else ''} in {file}; rebuild the dataset with "
+                    "`python -m dataset_builder build`."
+                )
+        tables[split] = pd.concat(shards, ignore_index=True)
     return tables
 
 

@@ -1,5 +1,6 @@
 """PyTorch implementation of the Leung & Bovy (2024) transformer foundation model for stars."""
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_astro import AstroConfig
 
@@ -252,6 +253,46 @@ class AstroPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_attention_backend = True
     _no_split_modules = ["AstroBlock"]
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
+    ) -> "AstroPreTrainedModel":
+        """
+        Load as transformers does, then check what transformers does not: a config inconsistent with itself
+        (`AstroConfig.from_dict`) or a truncated/corrupt weights file is an error naming the file, and so are
+        weights holding NaN or inf (a diverged run saved), naming the parameter.
+        """
+        source = str(pretrained_model_name_or_path)
+        weights = source
+        for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME):
+            if os.path.isfile(os.path.join(source, name)):
+                weights = os.path.join(source, name)
+                break
+        from safetensors import SafetensorError
+
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(
+                f"{weights}: the weights file is truncated or corrupt ({error}); download or save the checkpoint again."
+            ) from error
+        except RuntimeError as error:
+            if "mismatched" not in str(error):
+                raise
+            raise ValueError(
+                f"{weights}: the weights' shapes do not match the config.json beside them (observation_names, "
+                "hidden sizes or layer widths edited?); the load report above lists the parameters. Save the model "
+                "and its config together."
+            ) from error
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ValueError(
+                    f"{weights}: parameter {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}: the checkpoint "
+                    "is broken (saved from a diverged run?); load an earlier checkpoint."
+                )
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as transformers does, with an `auto_map` that also names the bare model and the prediction head."""

@@ -21,9 +21,27 @@ EXTINCTION = "logebv"
 
 #: The 118 observation names of the paper's model, in token order (token id = position + 1; 0 is padding).
 DEFAULT_OBSERVATION_NAMES: tuple[str, ...] = (*XP_NAMES, *COLOURS, *LABELS, EXTINCTION, "g_fakemag")
+#: Physical unit of each default observation, as an astropy unit string ("" = dimensionless): the tokenizer
+#: converts table columns that carry a unit (an astropy `Table`/`QTable`) to these. XP coefficients are divided by
+#: the G-band flux (dimensionless); `g_fakemag` is parallax [mas] * 10**(0.2 G); `logebv` (the natural log of
+#: E(B-V) in mag) has no astropy unit: a column of it must not carry one.
+DEFAULT_OBSERVATION_UNITS: dict[str, str | None] = {
+    **{name: "" for name in XP_NAMES},
+    "bprp": "mag",
+    "jh": "mag",
+    "jk": "mag",
+    "teff": "K",
+    "logg": "dex(cm / s2)",
+    "m_h": "dex",
+    "logebv": None,
+    "g_fakemag": "mas",
+}
 
 ERROR_SUFFIX = "_err"
 """Suffix of an input column holding the 1-sigma uncertainty of the observation it extends (`teff_err`)."""
+#: Other suffixes read as 1-sigma error columns (the Gaia archive's `parallax_error` convention); a column may
+#: have one error column only.
+ERROR_SUFFIX_ALIASES: tuple[str, ...] = ("_error",)
 SIGMA_SUFFIX = "_sigma"
 """Suffix of a predicted column holding the model's 1-sigma uncertainty (`teff_sigma`)."""
 
