@@ -81,7 +81,7 @@ def label_mad_std(run_dir: Path, table, steps: list[int]) -> dict[int, dict[str,
 
 def plot(results: dict, path: Path) -> Path:
     """Validation NLL and the three MAD-stds against training minutes, one line per setting."""
-    figure, axes = new_figure(ncols=4, width=4.0, height=3.4)
+    figure, axes = new_figure(ncols=4, width=4.6, height=3.4)
     for name, rows in results["settings"].items():
         minutes = [row["train_seconds"] / 60 for row in rows]
         axes[0].plot(minutes, [row["paper_task_val_loss"] for row in rows], marker="o", label=name)

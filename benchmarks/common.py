@@ -84,12 +84,11 @@ def naive_predict(
         inputs = tokenizer(batch, padding="max_length", return_tensors="np")
         input_ids = torch.from_numpy(inputs["input_ids"])
         attention_mask = torch.from_numpy(inputs["attention_mask"])
-        states, _ = model.astro.encode(input_ids, torch.from_numpy(inputs["input_values"]), attention_mask)
+        states, _ = model.encode(input_ids, torch.from_numpy(inputs["input_values"]), attention_mask)
         columns_mean, columns_sigma = [], []
         for name in request:
             request_ids = tokenizer.encode_requests([name], batch_size=len(input_ids))
-            decoded, _ = model.astro.decode(request_ids, states, attention_mask)
-            mean, logvar = model.head(decoded)
+            mean, logvar, _ = model.predict_from_encoding(request_ids, states, attention_mask)
             value, sigma = tokenizer.inverse_transform(mean.numpy(), logvar.numpy(), request_ids.numpy())
             columns_mean.append(value[:, 0])
             columns_sigma.append(sigma[:, 0])

@@ -11,7 +11,6 @@ attention runs a kernel for small heads (`small_head_attention`) and batches are
 
 import copy
 import itertools
-import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .feature_extraction_astro import AstroTokenizer, StarTable
+from .modeling_astro import pool_states
 from .observations import SIGMA_SUFFIX
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
 
@@ -62,14 +62,6 @@ class AstroAttentions:
     input_ids: np.ndarray
     encoder: list[np.ndarray]
     cross: list[np.ndarray]
-
-
-def pool_states(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Per-star embeddings `(batch, hidden)`: encoder states `(batch, inputs, hidden)` pooled over real observations."""
-    mask = attention_mask.bool().unsqueeze(-1)
-    if pooling == "mean":
-        return (states * mask).sum(dim=1) / mask.sum(dim=1)
-    return states.masked_fill(~mask, -math.inf).amax(dim=1)
 
 
 class AstroPredictor:
@@ -114,7 +106,7 @@ class AstroPredictor:
         compile: bool = False,
         attn_implementation: str | None = None,
     ):
-        if not (hasattr(model, "astro") and hasattr(model, "head")):
+        if not hasattr(model, "predict_from_encoding"):
             raise TypeError(
                 f"AstroPredictor needs an AstroForObservationPrediction (with a prediction head), got "
                 f"{type(model).__name__}; load it with AutoModelForPreTraining."
@@ -174,15 +166,14 @@ class AstroPredictor:
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, tuple, tuple]:
         """Encoder once, then all requests in one decoder pass (keys/values projected once per block)."""
-        encoder_states, encoder_attentions = self._network.astro.encode(
+        encoder_states, encoder_attentions = self._network.encode(
             input_ids, input_values, attention_mask, output_attentions
         )
         if request_ids is None:
             return None, None, encoder_states.float(), encoder_attentions, ()
-        decoder_states, cross_attentions = self._network.astro.decode(
+        mean, logvar, cross_attentions = self._network.predict_from_encoding(
             request_ids.expand(input_ids.shape[0], -1), encoder_states, attention_mask, output_attentions
         )
-        mean, logvar = self._network.head(decoder_states)
         return mean.float(), logvar.float(), encoder_states, encoder_attentions, cross_attentions
 
     def _batches(

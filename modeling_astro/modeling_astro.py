@@ -1,5 +1,6 @@
 """PyTorch implementation of the Leung & Bovy (2024) transformer foundation model for stars."""
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -652,6 +653,59 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         self.head = AstroPredictionHead(config)
         self.post_init()
 
+    # The public steps of `forward`, for callers that run them separately (the predictor decodes many requests
+    # against one encoding, the ONNX export writes two graphs, contrastive fine-tuning trains the encoder only).
+    def get_encoder(self) -> AstroModel:
+        """The base model, whose [`AstroModel.encode`] gives the encoder states (transformers' convention)."""
+        return self.astro
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters the encoder states depend on: the value embedding and the encoder blocks."""
+        return [*self.astro.embeddings.parameters(), *self.astro.encoder.parameters()]
+
+    def encode(
+        self,
+        input_ids: torch.LongTensor,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Encoder states `(batch, num_inputs, hidden)` of the input observations (inputs validated), and the
+        encoder's attention weights when `output_attentions`."""
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        self._validate_inputs(input_ids, input_values, attention_mask, None)
+        return self.astro.encode(input_ids, input_values, attention_mask, output_attentions)
+
+    def predict_from_encoding(
+        self,
+        request_ids: torch.LongTensor,
+        encoder_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Mean and log-variance `(batch, num_requests)` of the requested observations given the encoder states of
+        [`encode`] (all requests in one decoder pass), and the cross-attention weights when `output_attentions`."""
+        decoder_states, cross_attentions = self.astro.decode(
+            request_ids, encoder_states, attention_mask, output_attentions
+        )
+        mean, logvar = self.head(decoder_states)
+        return mean, logvar, cross_attentions
+
+    def pooled_embedding(
+        self,
+        input_ids: torch.LongTensor,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        pooling: str = "mean",
+    ) -> torch.Tensor:
+        """Per-star embeddings `(batch, hidden)`: encoder states pooled (`"mean"` or `"max"`) over the star's
+        observations; differentiable."""
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        states, _ = self.encode(input_ids, input_values, attention_mask)
+        return pool_states(states, attention_mask, pooling)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -703,6 +757,16 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             cross_attentions=outputs.cross_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+def pool_states(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Per-star embeddings `(batch, hidden)`: encoder states `(batch, inputs, hidden)` pooled over real observations."""
+    if pooling not in ("mean", "max"):
+        raise ValueError(f"`pooling` must be 'mean' or 'max', got {pooling!r}.")
+    mask = attention_mask.bool().unsqueeze(-1)
+    if pooling == "mean":
+        return (states * mask).sum(dim=1) / mask.sum(dim=1)
+    return states.masked_fill(~mask, -math.inf).amax(dim=1)
 
 
 def gaussian_nll(
