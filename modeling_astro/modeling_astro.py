@@ -553,6 +553,7 @@ class AstroModel(AstroPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        encoder_outputs: torch.Tensor | None = None,
         **kwargs,
     ) -> AstroModelOutput | tuple:
         r"""
@@ -571,6 +572,9 @@ class AstroModel(AstroPreTrainedModel):
                 Also return the states entering every block and the final ones.
             return_dict (`bool`, *optional*, defaults to `config.return_dict`):
                 Return an [`AstroModelOutput`] rather than a plain tuple of its non-`None` fields.
+            encoder_outputs (`torch.Tensor` of shape `(batch_size, num_inputs, hidden_size)`, *optional*):
+                Encoder states of these inputs computed before ([`encode`], or `encoder_last_hidden_state` of an
+                earlier call): the encoder is not run again, e.g. to decode new requests of the same stars.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -580,13 +584,22 @@ class AstroModel(AstroPreTrainedModel):
             attention_mask = input_ids != config.pad_token_id
         self._validate_inputs(input_ids, input_values, attention_mask, request_ids)
         key_mask = self.key_mask(attention_mask)
-        encoder_states, hidden_states, attentions = self._run_blocks(
-            self.encoder,
-            self.embeddings(input_ids, input_values),
-            key_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        if encoder_outputs is None:
+            encoder_states, hidden_states, attentions = self._run_blocks(
+                self.encoder,
+                self.embeddings(input_ids, input_values),
+                key_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        else:
+            expected = (*input_ids.shape, self.config.hidden_size)
+            if tuple(encoder_outputs.shape) != expected:
+                raise ValueError(
+                    f"`encoder_outputs` must have shape {expected} (the encoder states of these inputs), got "
+                    f"{tuple(encoder_outputs.shape)}."
+                )
+            encoder_states, hidden_states, attentions = encoder_outputs, None, None
         decoder_states = decoder_hidden_states = cross_attentions = None
         if request_ids is not None:
             decoder_states, decoder_hidden_states, cross_attentions = self._run_blocks(
@@ -718,11 +731,13 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        encoder_outputs: torch.Tensor | None = None,
         **kwargs,
     ) -> AstroObservationPredictionOutput | tuple:
         r"""
         Args:
-            input_ids, input_values, attention_mask, request_ids, output_attentions, output_hidden_states, return_dict:
+            input_ids, input_values, attention_mask, request_ids, output_attentions, output_hidden_states, return_dict,
+            encoder_outputs:
                 See [`AstroModel.forward`]. A request id of 0 is padding: its prediction is ignored by the loss.
             labels (`torch.FloatTensor` of shape `(batch_size, num_requests)`, *optional*):
                 Standardised true values of the requested observations; NaN marks a target to ignore.
@@ -741,6 +756,7 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            encoder_outputs=encoder_outputs,
         )
         mean, logvar = self.head(outputs.last_hidden_state)
         loss = None
