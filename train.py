@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,19 @@ from modeling_astro.evaluation import (
     evaluate,
     format_table,
     load_split_tables,
+)
+from modeling_astro.io_utils import (
+    CorruptFileError,
+    DiskFullError,
+    FolderInUseError,
+    append_jsonl,
+    atomic_write_text,
+    disk_full_errors,
+    empty_folder,
+    folder_lock,
+    link_tree,
+    read_jsonl,
+    replace_folder,
 )
 from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
 
@@ -62,6 +76,9 @@ CHECKPOINTS = "checkpoints"
 PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
 UNPLANNED = 10**9  # cosine period until the steps are planned: a constant learning rate
 METRICS_FILE = "metrics.jsonl"
+RUN_FILE = "run.json"  # the identity of the run that owns an output folder: its id and fingerprint
+# an older model's files, not carried into the folder of a new model (its evaluation and card are written again)
+FINAL_MODEL_FILES = ("model*.safetensors", "model.safetensors.index.json", "eval_results.json", "README.md", "*.png")
 
 
 class TrainingInputError(ValueError):
@@ -166,7 +183,12 @@ class TrainArguments:
     save_steps: int = 1000
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first)."})
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "'latest' or a checkpoint folder, to continue an interrupted run."}
+        default=None,
+        metadata={"help": "'latest' (this output folder's run's latest checkpoint) or a checkpoint folder."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds another run, deleting its contents."},
     )
     do_eval: bool = field(
         default=True, metadata={"help": "Evaluate against XGBoost on the test split at the end."}
@@ -248,23 +270,95 @@ def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: 
     return json.loads(json.dumps(fingerprint))  # as read back from training_state.json
 
 
-def find_checkpoint(output_dir: Path, name: str) -> Path:
-    """The checkpoint folder meant by `--resume_from_checkpoint` ('latest' = highest step in output_dir)."""
+def read_run(output_dir: Path) -> dict | None:
+    """The run recorded in `output_dir/run.json` (its `run_id`, `started`, `fingerprint`), or None."""
+    path = output_dir / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_checkpoints(output_dir: Path, run_id: str | None) -> list[Path]:
+    """The checkpoints of run `run_id` in `output_dir`, lowest step first (those written before run ids count)."""
+    found = []
+    for state in output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"):
+        owner = json.loads(state.read_text()).get("run_id")
+        if owner is None or owner == run_id:
+            found.append(state.parent)
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def identify_run(output_dir: Path, resume: str | None, overwrite: bool) -> tuple[str | None, bool]:
+    """
+    The id of the run this invocation continues (None: a new run) and whether `output_dir` must be emptied first.
+    A new run into a folder that holds another run (its `run.json`, checkpoints, metrics or model) is refused
+    unless `overwrite`; resuming from a checkpoint of another run than the folder's is refused.
+    """
+    recorded = read_run(output_dir)
+    if resume and resume != "latest":
+        state = Path(resume, "training_state.json")
+        owner = json.loads(state.read_text()).get("run_id") if state.is_file() else None
+        if recorded and owner and owner != recorded["run_id"]:
+            raise TrainingInputError(
+                f"--resume_from_checkpoint {resume} is a checkpoint of run {owner}, but --output_dir {output_dir} "
+                f"holds run {recorded['run_id']} (started {recorded['started']}): continuing there would mix two "
+                "runs. Choose another --output_dir."
+            )
+        return (recorded["run_id"] if recorded else owner), False
+    if resume == "latest":
+        if recorded:
+            return recorded["run_id"], False
+        states = sorted(
+            output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"),
+            key=lambda p: int(p.parent.name.split("-")[1]),
+        )  # a folder without run.json: its latest checkpoint's run
+        return (json.loads(states[-1].read_text()).get("run_id") if states else None), False
+    used = [
+        name
+        for name in (RUN_FILE, METRICS_FILE, "config.json", "model.safetensors")
+        if (output_dir / name).exists()
+    ] + ([CHECKPOINTS] if any(output_dir.glob(f"{CHECKPOINTS}/checkpoint-*")) else [])
+    if used and not overwrite:
+        owner = f"run {recorded['run_id']} (started {recorded['started']})" if recorded else "an earlier run"
+        raise TrainingInputError(
+            f"--output_dir {output_dir} holds {owner} ({', '.join(used)}): a new run there would mix with it. "
+            "Continue it with --resume_from_checkpoint latest, start afresh there with --overwrite_output_dir "
+            "(deletes its contents), or choose another --output_dir."
+        )
+    return None, bool(used)
+
+
+def start_run(accelerator: Accelerator, output_dir: Path, fingerprint: dict, args: "TrainArguments") -> str:
+    """Check and record the identity of this run in `output_dir/run.json` (see `identify_run`); returns its id."""
+    run_id, clear = identify_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
+    if accelerator.is_main_process:
+        if clear:
+            empty_folder(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if run_id is None or read_run(output_dir) is None:
+            record = {
+                "run_id": run_id or uuid.uuid4().hex,
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "fingerprint": fingerprint,
+            }
+            atomic_write_text(output_dir / RUN_FILE, json.dumps(record, indent=1))
+    accelerator.wait_for_everyone()
+    return read_run(output_dir)["run_id"]
+
+
+def find_checkpoint(output_dir: Path, name: str, run_id: str | None = None) -> Path:
+    """The checkpoint folder meant by `--resume_from_checkpoint` ('latest' = this run's highest step)."""
     if name != "latest":
         if not Path(name, "training_state.json").is_file():
             raise TrainingInputError(
                 f"{name} is not a checkpoint folder of train.py (no training_state.json)."
             )
         return Path(name)
-    found = sorted(
-        output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"),
-        key=lambda p: int(p.parent.name.split("-")[1]),
-    )
+    found = run_checkpoints(output_dir, run_id)
     if not found:
         raise TrainingInputError(
-            f"--resume_from_checkpoint latest: no checkpoint in {output_dir / CHECKPOINTS}."
+            f"--resume_from_checkpoint latest: no checkpoint of run {run_id} in {output_dir / CHECKPOINTS}."
         )
-    return found[-1].parent
+    return found[-1]
 
 
 def check_resumable(checkpoint: Path, fingerprint: dict) -> tuple[int, int | None]:
@@ -297,23 +391,36 @@ def save_checkpoint(
     max_steps: int | None,
     fingerprint: dict,
     limit: int,
+    run_id: str | None = None,
 ) -> None:
-    """`save_state` into a temporary folder renamed into place; drop the oldest checkpoints beyond `limit`."""
+    """
+    `save_state` into a temporary folder renamed into place; drop this run's oldest checkpoints beyond `limit`.
+    A full disk raises `DiskFullError` (the temporary folder removed, earlier checkpoints intact).
+    """
     final = output_dir / CHECKPOINTS / f"checkpoint-{step}"
     temporary = output_dir / CHECKPOINTS / f".tmp-checkpoint-{step}"
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))
+    kept = (
+        f"the checkpoints saved before step {step} in {final.parent} are intact; continue with "
+        "--resume_from_checkpoint latest"
+    )
+    try:
+        with disk_full_errors(final.parent, kept=kept):
+            accelerator.save_state(str(temporary))
+            if accelerator.is_main_process:
+                state = {"step": step, "max_steps": max_steps, "fingerprint": fingerprint, "run_id": run_id}
+                atomic_write_text(temporary / "training_state.json", json.dumps(state))
+    except DiskFullError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        (temporary / "training_state.json").write_text(
-            json.dumps({"step": step, "max_steps": max_steps, "fingerprint": fingerprint})
-        )
         if final.exists():
             shutil.rmtree(final)
         os.replace(temporary, final)
-        kept = sorted(final.parent.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in kept[: max(len(kept) - limit, 0)]:
+        ours = run_checkpoints(output_dir, run_id)
+        for old in ours[: max(len(ours) - limit, 0)]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
@@ -321,14 +428,12 @@ def save_checkpoint(
 # ---------------------------------------------------------------------------------------------------- metrics
 def write_metrics(path: Path, records: list[dict]) -> None:
     """Rewrite the metrics JSONL atomically (used when resuming, to drop steps after the checkpoint)."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in records))
-    os.replace(temporary, path)
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics JSONL file (empty if it does not exist)."""
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The records of a metrics JSONL file (empty if it does not exist; a torn last line dropped, with a warning)."""
+    return read_jsonl(path)
 
 
 @torch.no_grad()
@@ -354,10 +459,20 @@ def main(argv: list[str] | None = None) -> Path:
     """Train, save, evaluate and (optionally) push; returns the output folder."""
     parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments))
     data_args, model_args, args = parser.parse_args_into_dataclasses(args=argv)
-    output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps
     )
+    if not accelerator.is_main_process:
+        return train(accelerator, data_args, model_args, args)
+    with folder_lock(args.output_dir, what="--output_dir"):  # a second train.py into it stops at once
+        return train(accelerator, data_args, model_args, args)
+
+
+def train(
+    accelerator: Accelerator, data_args: DataArguments, model_args: ModelArguments, args: TrainArguments
+) -> Path:
+    """`main` once the arguments are parsed (and the output folder locked by the main process)."""
+    output_dir = Path(args.output_dir)
     num_processes = accelerator.num_processes
     micro_batches = num_processes * args.gradient_accumulation_steps
     if args.batch_size % micro_batches:
@@ -424,10 +539,11 @@ def main(argv: list[str] | None = None) -> Path:
         raise TrainingInputError(
             "Give --max_steps, or --max_train_minutes to fit the steps into a time budget."
         )
+    run_id = start_run(accelerator, output_dir, fingerprint, args)
     start_step, max_steps = 0, args.max_steps or None
     metrics_path = output_dir / METRICS_FILE
     if args.resume_from_checkpoint:
-        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint)
+        checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint, run_id)
         start_step, planned = check_resumable(checkpoint, fingerprint)
         max_steps = args.max_steps or planned
         accelerator.load_state(str(checkpoint))
@@ -517,10 +633,9 @@ def main(argv: list[str] | None = None) -> Path:
                 **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
             )
             if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_jsonl(metrics_path, record)
         if done % args.save_steps == 0:
-            save_checkpoint(accelerator, output_dir, done, max_steps, fingerprint, args.save_total_limit)
+            save_checkpoint(accelerator, output_dir, done, max_steps, fingerprint, args.save_total_limit, run_id)
         if args.max_train_minutes and out_of_time(accelerator, started, args.max_train_minutes):
             accelerator.print(
                 f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached."
@@ -582,17 +697,22 @@ def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> boo
 def save_final(
     model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, run_info: dict
 ) -> None:
-    """Save model, tokenizer and collator code in a temporary folder, then move the files to `output_dir`."""
-    temporary = output_dir / ".tmp-final"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    model.save_pretrained(temporary)
-    tokenizer.save_pretrained(temporary)
-    shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", temporary)
-    (temporary / "training_args.json").write_text(json.dumps({**asdict(args), **run_info}, indent=1))
-    for path in temporary.iterdir():
-        os.replace(path, output_dir / path.name)
-    temporary.rmdir()
+    """
+    Save model, tokenizer and collator code into a new copy of `output_dir` swapped in whole (`replace_folder`):
+    a kill at any instant leaves the old or the new model, never a mix. The new copy keeps the folder's other
+    files (checkpoints, metrics, run.json: hard links, no copying) but not an older model's weights, evaluation
+    and card, which `evaluate` and `write_model_card` write again for the new model.
+    """
+    kept = f"{output_dir} is unchanged, its checkpoints intact"
+    with replace_folder(output_dir, kept=kept) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", staging)
+        (staging / "training_args.json").write_text(json.dumps({**asdict(args), **run_info}, indent=1))
+        written = {path.name for path in staging.iterdir()}
+        for path in output_dir.iterdir():
+            if path.name not in written and not any(path.match(pattern) for pattern in FINAL_MODEL_FILES):
+                link_tree(path, staging / path.name)
 
 
 def write_model_card(
@@ -622,9 +742,7 @@ def write_model_card(
         if results is not None
         else "Not evaluated (trained with `--do_eval false`): run `python -m modeling_astro.evaluation`.",
     )
-    temporary = output_dir / "README.md.tmp"
-    temporary.write_text(card)
-    os.replace(temporary, output_dir / "README.md")
+    atomic_write_text(output_dir / "README.md", card)
 
 
 def push_to_hub(output_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -645,5 +763,5 @@ def push_to_hub(output_dir: Path, repo_id: str, private: bool = False, token: st
 if __name__ == "__main__":
     try:
         main()
-    except (TrainingInputError, TrainingDivergedError) as error:
+    except (TrainingInputError, TrainingDivergedError, FolderInUseError, DiskFullError, CorruptFileError) as error:
         sys.exit(f"error: {error}")

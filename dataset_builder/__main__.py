@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from modeling_astro.io_utils import DiskFullError, FolderInUseError
+
 from .build import build_dataset
 from .errors import DatasetBuildError
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         args.handler(args)
-    except DatasetBuildError as exc:
+    except (DatasetBuildError, FolderInUseError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,6 @@ import hashlib
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
+
+from modeling_astro.io_utils import folder_lock, replace_folder
 
 from . import features as F
 from .card import render_card
@@ -279,15 +280,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise DatasetBuildError(f"{out_dir}: output folder already exists; pass overwrite=True (--overwrite)")
 
 
-def _swap_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Rename the finished temp folder onto out_dir; an old folder is moved aside first, then removed."""
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
-    if out_dir.exists():
-        os.rename(out_dir, old)
-    os.rename(tmp_dir, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_dataset(
     gaia_xp: Sequence[str | Path],
     gaia_source: str | Path,
@@ -325,81 +317,78 @@ def build_dataset(
     check_fractions(split_fractions)
     if rows_per_shard < 1:
         raise DatasetBuildError(f"rows_per_shard={rows_per_shard}: must be at least 1")
-    _prepare_out_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex}"
-    parts_dir = tmp_dir / "parts"
-    parts_dir.mkdir(parents=True)
-    try:
-        removed: dict[str, int] = {}
-        photometry = read_gaia_source(gaia_source).set_index("source_id")
-        apogee_raw = read_allstar(allstar) if allstar is not None else None
-        apogee = (
-            _deduplicate_apogee(apogee_raw, removed)
-            if apogee_raw is not None
-            else pd.DataFrame(
-                {"ASPCAPFLAG": [], "STARFLAG": []}, index=pd.Index([], dtype=np.int64, name="source_id")
-            )
-        )
-        ebv_table = read_ebv(ebv).set_index("source_id") if ebv is not None else None
-        extras = _merge_extras(extra_paths)
-        true_columns = tuple(extras.columns) if extras is not None else ()
-
-        cut_inputs = photometry[list(XP_CUT_INPUTS)]
-        ids_per_file, xp_kept, xp_removed, xp_sha = _run_xp_stage(
-            xp_paths, cut_inputs, parts_dir, split_fractions, num_proc
-        )
-        _check_cross_file_duplicates(xp_paths, ids_per_file)
-        removed = {**xp_removed, **removed}
-
-        labelled = apogee.index.to_numpy()[F.apogee_labels_usable(apogee)]
-        candidates = np.union1d(np.concatenate(ids_per_file) if ids_per_file else [], apogee.index.to_numpy())
-        stars = np.union1d(xp_kept, labelled).astype(np.int64)
-        removed[CUT_NO_XP_NO_LABELS] = len(candidates) - len(stars)
-
-        features = dataset_features(true_columns)
-        schema = features.arrow_schema
-        data_dir = tmp_dir / "data"
-        data_dir.mkdir()
-        split_of = assign_split(stars, split_fractions)
-        rows_per_split, shards_per_split = {}, {}
-        tables = (photometry, apogee, ebv_table, extras, true_columns)
-        with tqdm(total=len(stars), desc="writing shards", unit="star") as progress:
-            for split_index, split_name in enumerate(SPLITS):
-                ids = stars[split_of == split_index]
-                parts = sorted(parts_dir.glob(f"{split_name}-*.parquet"))
-                shards_per_split[split_name] = _write_split(
-                    split_name, ids, parts, data_dir, rows_per_shard, schema, tables, progress
-                )
-                rows_per_split[split_name] = len(ids)
-        shutil.rmtree(parts_dir)
-
-        input_rows = {
-            "gaia_xp (all files)": int(sum(len(ids) for ids in ids_per_file)),
-            "gaia_source": len(photometry),
-        }
-        if apogee_raw is not None:
-            input_rows["allstar"] = len(apogee_raw)
-        inputs = [(p, sha) for p, sha in zip(xp_paths, xp_sha)] + [
-            (Path(p), _sha256(Path(p))) for p in (gaia_source, allstar, ebv, *extra_paths) if p is not None
-        ]
-        card = render_card(
-            features=features,
-            rows_per_split=rows_per_split,
-            bytes_per_split={
-                split: sum(f.stat().st_size for f in data_dir.glob(f"{split}-*.parquet")) for split in SPLITS
-            },
-            removed_per_cut=removed,
-            input_rows=input_rows,
-            inputs=[(path.name, sha) for path, sha in inputs],
-            split_fractions=split_fractions,
-        )
-        (tmp_dir / "README.md").write_text(card, encoding="utf-8")
+    # Under the folder's lock (a second build into it stops at once), after repairing an interrupted swap; the
+    # new folder is built beside `out_dir` and swapped in whole: an interruption leaves the old or the new.
+    with folder_lock(out_dir, what="dataset folder"):
         _prepare_out_dir(out_dir, overwrite)
-        _swap_into_place(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        with replace_folder(out_dir) as tmp_dir:
+            parts_dir = tmp_dir / "parts"
+            parts_dir.mkdir(parents=True)
+            removed: dict[str, int] = {}
+            photometry = read_gaia_source(gaia_source).set_index("source_id")
+            apogee_raw = read_allstar(allstar) if allstar is not None else None
+            apogee = (
+                _deduplicate_apogee(apogee_raw, removed)
+                if apogee_raw is not None
+                else pd.DataFrame(
+                    {"ASPCAPFLAG": [], "STARFLAG": []}, index=pd.Index([], dtype=np.int64, name="source_id")
+                )
+            )
+            ebv_table = read_ebv(ebv).set_index("source_id") if ebv is not None else None
+            extras = _merge_extras(extra_paths)
+            true_columns = tuple(extras.columns) if extras is not None else ()
+
+            cut_inputs = photometry[list(XP_CUT_INPUTS)]
+            ids_per_file, xp_kept, xp_removed, xp_sha = _run_xp_stage(
+                xp_paths, cut_inputs, parts_dir, split_fractions, num_proc
+            )
+            _check_cross_file_duplicates(xp_paths, ids_per_file)
+            removed = {**xp_removed, **removed}
+
+            labelled = apogee.index.to_numpy()[F.apogee_labels_usable(apogee)]
+            candidates = np.union1d(np.concatenate(ids_per_file) if ids_per_file else [], apogee.index.to_numpy())
+            stars = np.union1d(xp_kept, labelled).astype(np.int64)
+            removed[CUT_NO_XP_NO_LABELS] = len(candidates) - len(stars)
+
+            features = dataset_features(true_columns)
+            schema = features.arrow_schema
+            data_dir = tmp_dir / "data"
+            data_dir.mkdir()
+            split_of = assign_split(stars, split_fractions)
+            rows_per_split, shards_per_split = {}, {}
+            tables = (photometry, apogee, ebv_table, extras, true_columns)
+            with tqdm(total=len(stars), desc="writing shards", unit="star") as progress:
+                for split_index, split_name in enumerate(SPLITS):
+                    ids = stars[split_of == split_index]
+                    parts = sorted(parts_dir.glob(f"{split_name}-*.parquet"))
+                    shards_per_split[split_name] = _write_split(
+                        split_name, ids, parts, data_dir, rows_per_shard, schema, tables, progress
+                    )
+                    rows_per_split[split_name] = len(ids)
+            shutil.rmtree(parts_dir)
+
+            input_rows = {
+                "gaia_xp (all files)": int(sum(len(ids) for ids in ids_per_file)),
+                "gaia_source": len(photometry),
+            }
+            if apogee_raw is not None:
+                input_rows["allstar"] = len(apogee_raw)
+            inputs = [(p, sha) for p, sha in zip(xp_paths, xp_sha)] + [
+                (Path(p), _sha256(Path(p))) for p in (gaia_source, allstar, ebv, *extra_paths) if p is not None
+            ]
+            card = render_card(
+                features=features,
+                rows_per_split=rows_per_split,
+                bytes_per_split={
+                    split: sum(f.stat().st_size for f in data_dir.glob(f"{split}-*.parquet")) for split in SPLITS
+                },
+                removed_per_cut=removed,
+                input_rows=input_rows,
+                inputs=[(path.name, sha) for path, sha in inputs],
+                split_fractions=split_fractions,
+            )
+            (tmp_dir / "README.md").write_text(card, encoding="utf-8")
     return BuildSummary(
         out_dir=out_dir,
         rows_per_split=rows_per_split,

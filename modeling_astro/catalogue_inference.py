@@ -8,12 +8,15 @@ Each input shard `DATASET/data/<name>.parquet` gives `PREDICTIONS/<name>.parquet
 and `<request>`, `<request>_sigma` per requested observation, in the input row order. Shards are read in
 record batches, so memory stays bounded whatever the shard size. A shard is written to a temporary file
 and renamed when complete: an interrupted run never leaves a half-written shard, and running the same command
-again skips the finished shards. With several processes, `accelerate.PartialState().split_between_processes`
-gives each its share of the shards.
+again skips the finished shards. The output folder is locked while a command writes into it: the same command
+started twice stops the second at once, naming the process that holds the folder. With several processes,
+`accelerate.PartialState().split_between_processes` gives each its share of the shards.
 """
 
 import argparse
+import contextlib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,9 +28,8 @@ from tqdm.auto import tqdm
 
 from .feature_extraction_astro import ERROR_SUFFIX
 from .inference import AstroPredictor
+from .io_utils import DiskFullError, FolderInUseError, atomic_path, folder_lock, remove_temporaries
 
-TEMPORARY_PREFIX = "."
-TEMPORARY_SUFFIX = ".partial"
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -73,28 +75,26 @@ def predict_shard(
     """
     source = pq.ParquetFile(shard)
     columns = _columns_to_read(source.schema_arrow, predictor, inputs, keep_columns)
-    temporary = target.with_name(TEMPORARY_PREFIX + target.name + TEMPORARY_SUFFIX)
     num_stars = 0
-    writer = None
-    try:
-        for record_batch in source.iter_batches(batch_size=rows_per_chunk, columns=columns):
-            data = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
-            table = predictor.predict(data, request, progress=False, keep_columns=keep_columns)
-            arrow_table = pa.Table.from_pandas(table, preserve_index=False)
-            if writer is None:
-                writer = pq.ParquetWriter(temporary, arrow_table.schema)
-            writer.write_table(arrow_table)
-            num_stars += len(table)
-            if progress is not None:
-                progress.update(len(table))
-        if writer is None:  # an empty shard still gets its (empty) prediction shard
-            writer = pq.ParquetWriter(temporary, pa.schema([]))
-        writer.close()
+    kept = f"the finished prediction shards in {target.parent}; run the same command again to continue"
+    with atomic_path(target, kept=kept) as temporary:
         writer = None
-        os.replace(temporary, target)
-    finally:
-        if writer is not None:
-            writer.close()
+        try:
+            for record_batch in source.iter_batches(batch_size=rows_per_chunk, columns=columns):
+                data = {name: record_batch.column(name).to_numpy(zero_copy_only=False) for name in columns}
+                table = predictor.predict(data, request, progress=False, keep_columns=keep_columns)
+                arrow_table = pa.Table.from_pandas(table, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, arrow_table.schema)
+                writer.write_table(arrow_table)
+                num_stars += len(table)
+                if progress is not None:
+                    progress.update(len(table))
+            if writer is None:  # an empty shard still gets its (empty) prediction shard
+                writer = pq.ParquetWriter(temporary, pa.schema([]))
+        finally:
+            if writer is not None:
+                writer.close()
     return num_stars
 
 
@@ -116,19 +116,24 @@ def predict_catalogue(
     state = PartialState()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [shard for shard in input_shards(data_dir, split) if not (out / shard.name).exists()]
-    state.wait_for_everyone()  # every process lists the same unfinished shards before any writes one
     written = []
-    with state.split_between_processes(todo) as mine:
-        total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in mine)
-        with tqdm(
-            total=total, unit="star", unit_scale=True, smoothing=0.05, desc=f"process {state.process_index}"
-        ) as bar:
-            for shard in mine:
-                predict_shard(
-                    predictor, shard, out / shard.name, request, inputs, keep_columns, rows_per_chunk, bar
-                )
-                written.append(out / shard.name)
+    with contextlib.ExitStack() as held:
+        if state.is_main_process:  # one command per output folder: a second one stops here with a clear error
+            held.enter_context(folder_lock(out, what="prediction folder"))
+            remove_temporaries(out)  # left by a killed run
+        todo = [shard for shard in input_shards(data_dir, split) if not (out / shard.name).exists()]
+        state.wait_for_everyone()  # every process lists the same unfinished shards before any writes one
+        with state.split_between_processes(todo) as mine:
+            total = sum(pq.ParquetFile(shard).metadata.num_rows for shard in mine)
+            with tqdm(
+                total=total, unit="star", unit_scale=True, smoothing=0.05, desc=f"process {state.process_index}"
+            ) as bar:
+                for shard in mine:
+                    predict_shard(
+                        predictor, shard, out / shard.name, request, inputs, keep_columns, rows_per_chunk, bar
+                    )
+                    written.append(out / shard.name)
+        state.wait_for_everyone()  # the lock is released when every process is done
     return written
 
 
@@ -177,4 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FolderInUseError, DiskFullError) as error:
+        sys.exit(f"error: {error}")
