@@ -39,6 +39,7 @@ from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import (
     EVALUATION_INPUTS,
     EVALUATION_LABELS,
+    add_model_index,
     evaluate,
     format_table,
     load_split_tables,
@@ -582,6 +583,8 @@ def write_model_card(
         if results is not None
         else "Not evaluated (trained with `--do_eval false`): run `python -m modeling_astro.evaluation`.",
     )
+    if results is not None:
+        card = add_model_index(card, results, args.hub_model_id or output_dir.name, Path(run_info["dataset_dir"]).name)
     temporary = output_dir / "README.md.tmp"
     temporary.write_text(card)
     os.replace(temporary, output_dir / "README.md")
