@@ -38,6 +38,7 @@ from configuration_astro import AstroConfig
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import (
+    add_model_index,
     evaluate,
     format_table,
     load_split_tables,
@@ -742,6 +743,8 @@ def write_model_card(
         if results is not None
         else "Not evaluated (trained with `--do_eval false`): run `python -m modeling_astro.evaluation`.",
     )
+    if results is not None:
+        card = add_model_index(card, results, args.hub_model_id or output_dir.name, Path(run_info["dataset_dir"]).name)
     atomic_write_text(output_dir / "README.md", card)
 
 

@@ -6,66 +6,90 @@ Inputs are BP 0-29, RP 0-29 (divided by the G flux), BP-RP, J-H and J-K, as in L
 predictions of
 the test split are compared to its labels. Results go to `eval_results.json` (per label: the model's and
 XGBoost's
-`mad_std`, `bias`, `rmse`, `outlier_fraction`, the model's `coverage_1sigma` and PIT histogram) with
-predicted-vs-true PNG plots.
+`mad_std`, `bias`, `rmse`, `outlier_fraction`, the model's `coverage_1sigma`, PIT histogram and
+`calibration_error`) with predicted-vs-true PNG plots. The metrics are the `evaluate` metric module
+`metrics/stellar_regression` (its README.md defines them), loaded with `evaluate.load`.
 """
 
 import argparse
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from astropy.stats import mad_std
 from huggingface_hub.repocard import metadata_load
-from scipy.stats import norm
 
 from .inference import AstroPredictor
 from .observations import EVALUATION_INPUTS, EVALUATION_LABELS
 
 SPLITS = ("train", "validation", "test")
 LABEL_TITLES = {"teff": "Teff [K]", "logg": "log g [dex]", "m_h": "[M/H] [dex]"}
-OUTLIER_MAD_STDS = 3.0
-PIT_BINS = 10
+METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "stellar_regression"  # the `evaluate` metric module
 
 
-def residual_metrics(predicted: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """MAD-std, median bias, RMSE and the fraction of residuals beyond `OUTLIER_MAD_STDS` MAD-stds of bias."""
-    residual = np.asarray(predicted, dtype=float) - np.asarray(true, dtype=float)
-    spread = float(mad_std(residual))
-    bias = float(np.median(residual))
-    return {
-        "mad_std": spread,
-        "bias": bias,
-        "rmse": float(np.sqrt(np.mean(residual**2))),
-        "outlier_fraction": float(np.mean(np.abs(residual - bias) > OUTLIER_MAD_STDS * spread)),
-    }
+def load_metric(config_name: str = "default"):
+    """
+    The project's `evaluate` metric module (`metrics/stellar_regression`, see its README.md): configuration
+    "default" takes predictions, references, sigmas and reference_errors; "residuals" predictions and references.
+    """
+    import evaluate as hf_evaluate  # this module's `evaluate` function would shadow the library's name
+
+    return hf_evaluate.load(str(METRIC_PATH), config_name)
 
 
-def calibration_metrics(
-    predicted: np.ndarray, sigma: np.ndarray, true: np.ndarray, true_error: np.ndarray
-) -> dict:
-    """Fraction of |z| < 1 and the PIT histogram, with z = residual / sqrt(sigma_model^2 + sigma_label^2)."""
-    z = (predicted - true) / np.sqrt(sigma**2 + np.nan_to_num(true_error) ** 2)
-    pit = norm.cdf(z)
-    histogram, _ = np.histogram(pit, bins=PIT_BINS, range=(0.0, 1.0))
-    return {"coverage_1sigma": float(np.mean(np.abs(z) < 1)), "pit_histogram": (histogram / len(z)).tolist()}
+def trainer_compute_metrics(tokenizer, label_names: Sequence[str] = EVALUATION_LABELS) -> Callable[[Any], dict]:
+    """
+    A `compute_metrics` for `transformers.Trainer` that scores the predicted targets of `label_names` with the
+    metric module, in physical units. Run the Trainer with `label_names=["labels", "request_ids",
+    "label_errors"]` (so that each target's observation and error reach the metric) and a collator that makes
+    those labels targets (e.g. `AstroDataCollator(..., label_names=label_names, label_target_fraction=1.0)`).
+    Returns `{<label>_<metric>: value}` floats (the PIT histogram is left out of the logged metrics).
+    """
+    metric = load_metric()
+    token_ids = {name: tokenizer.token_id(name) for name in label_names}
+
+    def compute_metrics(evaluation) -> dict[str, float]:
+        mean, logvar = evaluation.predictions[:2]
+        if not isinstance(evaluation.label_ids, tuple) or len(evaluation.label_ids) != 3:
+            raise ValueError(
+                "trainer_compute_metrics needs the Trainer's label_ids as (labels, request_ids, label_errors): set "
+                'TrainingArguments(label_names=["labels", "request_ids", "label_errors"]).'
+            )
+        labels, request_ids, label_errors = (np.asarray(array) for array in evaluation.label_ids)
+        request_ids = request_ids.astype(np.int64)  # padding between batches is -100: no observation's id
+        ids = request_ids.clip(0)
+        value, sigma = tokenizer.inverse_transform(np.asarray(mean), np.asarray(logvar), ids)
+        true, scale = tokenizer.inverse_transform(labels, np.zeros_like(labels), ids)  # sigma of logvar 0: the scale
+        true_error = label_errors * scale
+        results = {}
+        for name, token in token_ids.items():
+            chosen = (request_ids == token) & (labels != -100) & np.isfinite(labels)
+            if not chosen.any():
+                continue
+            entry = metric.compute(
+                predictions=value[chosen],
+                references=true[chosen],
+                sigmas=sigma[chosen],
+                reference_errors=true_error[chosen],
+                ignore_nan=True,
+            )
+            results.update({f"{name}_{key}": float(v) for key, v in entry.items() if key != "pit_histogram"})
+        return results
+
+    return compute_metrics
 
 
-def xgboost_predictions(
-    splits: dict[str, pd.DataFrame], seed: int = 0
-) -> tuple[pd.DataFrame, dict[str, int]]:
+def xgboost_predictions(splits: dict[str, pd.DataFrame], seed: int = 0) -> tuple[pd.DataFrame, dict[str, int]]:
     """One XGBoost regressor per label on the evaluation inputs, early-stopped on the validation split."""
     try:
         import xgboost
     except ImportError as error:
         raise ImportError(
-            "The XGBoost baseline needs xgboost: `pip install xgboost-cpu` (CPU-only wheel) or "
-            "`pip install xgboost`."
+            "The XGBoost baseline needs xgboost: `pip install xgboost-cpu` (CPU-only wheel) or `pip install xgboost`."
         ) from error
     params = {
         "eta": 0.05,
@@ -95,9 +119,7 @@ def xgboost_predictions(
     return pd.DataFrame(predictions), rounds
 
 
-def load_split_tables(
-    data_dir: str, required: Sequence[str] = (*EVALUATION_INPUTS, *EVALUATION_LABELS)
-) -> dict:
+def load_split_tables(data_dir: str, required: Sequence[str] = (*EVALUATION_INPUTS, *EVALUATION_LABELS)) -> dict:
     """
     train/validation/test of a dataset folder as pandas DataFrames, read from the parquet files its card's
     `configs` name (no `datasets` cache, which can serve stale tables for a rewritten folder). Raises
@@ -132,15 +154,18 @@ def load_split_tables(
 
 
 def plot_predictions(
-    true: pd.DataFrame, model: pd.DataFrame, baseline: pd.DataFrame | None, path: Path
+    true: pd.DataFrame, model: pd.DataFrame, baseline: pd.DataFrame | None, path: Path, results: dict[str, Any]
 ) -> None:
-    """Predicted-vs-true panels per label (model, and XGBoost when given), saved atomically as a PNG."""
+    """
+    Predicted-vs-true panels per label (model, and XGBoost when given), titled with the MAD-std of `results`
+    (`evaluate`'s), saved atomically as a PNG.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("model", model)] + ([("XGBoost", baseline)] if baseline is not None else [])
+    rows = [("model", model, "")] + ([("XGBoost", baseline, "xgboost_")] if baseline is not None else [])
     with matplotlib.rc_context({"text.usetex": False}):  # some astronomy packages switch LaTeX on globally
         figure, axes = plt.subplots(
             len(rows),
@@ -148,7 +173,7 @@ def plot_predictions(
             squeeze=False,
             figsize=(4 * len(EVALUATION_LABELS), 4 * len(rows)),
         )
-        for row, (name, predicted) in enumerate(rows):
+        for row, (name, predicted, prefix) in enumerate(rows):
             for column, label in enumerate(EVALUATION_LABELS):
                 axis = axes[row, column]
                 low, high = np.nanpercentile(true[label], [0.5, 99.5])
@@ -160,8 +185,7 @@ def plot_predictions(
                     xlabel=f"label {LABEL_TITLES[label]}",
                     ylabel=f"{name} {LABEL_TITLES[label]}",
                 )
-                spread = mad_std(predicted[label] - true[label], ignore_nan=True)
-                axis.set_title(f"{name}: MAD-std {spread:.3g}")
+                axis.set_title(f"{name}: MAD-std {results[label][prefix + 'mad_std']:.3g}")
         figure.tight_layout()
         temporary = path.with_name(path.stem + ".tmp.png")
         figure.savefig(temporary, dpi=100)
@@ -211,35 +235,60 @@ def evaluate(
     if baseline:
         results.update({"xgboost_fit_seconds": round(xgb_seconds, 2), "xgboost_rounds": rounds})
     has_xp = np.isfinite(test[list(EVALUATION_INPUTS[:60])].to_numpy()).all(axis=1)  # the paper's test stars
+    with_sigmas, residuals_only = load_metric(), load_metric("residuals")
     for label in EVALUATION_LABELS:
         labelled = has_xp & np.isfinite(test[label].to_numpy()) & np.isfinite(model[label].to_numpy())
         true = test[label].to_numpy()[labelled]
-        error = (
-            test[f"{label}_err"].to_numpy()[labelled] if f"{label}_err" in test else np.zeros(labelled.sum())
+        error = test[f"{label}_err"].to_numpy()[labelled] if f"{label}_err" in test else np.zeros(labelled.sum())
+        entry = with_sigmas.compute(
+            predictions=model[label].to_numpy()[labelled],
+            references=true,
+            sigmas=model[f"{label}_sigma"].to_numpy()[labelled],
+            reference_errors=error,
         )
-        entry = {
-            "num_stars": int(labelled.sum()),
-            **residual_metrics(model[label].to_numpy()[labelled], true),
-        }
-        entry.update(
-            calibration_metrics(
-                model[label].to_numpy()[labelled], model[f"{label}_sigma"].to_numpy()[labelled], true, error
-            )
-        )
+        entry["num_stars"] = entry.pop("num_examples")
         if baseline:
-            entry.update(
-                {
-                    f"xgboost_{k}": v
-                    for k, v in residual_metrics(xgb[label].to_numpy()[labelled], true).items()
-                }
-            )
+            baseline_entry = residuals_only.compute(predictions=xgb[label].to_numpy()[labelled], references=true)
+            entry.update({f"xgboost_{k}": v for k, v in baseline_entry.items() if k != "num_examples"})
         results[label] = entry
     paper_stars = [frame[has_xp].reset_index(drop=True) if frame is not None else None for frame in (test, model, xgb)]
-    plot_predictions(*paper_stars, output / "predicted_vs_true.png")  # the same stars as the table
+    plot_predictions(*paper_stars, output / "predicted_vs_true.png", results)  # the stars of the table
     temporary = output / "eval_results.json.tmp"
     temporary.write_text(json.dumps(results, indent=2))
     os.replace(temporary, output / "eval_results.json")
     return results
+
+
+MODEL_INDEX_METRICS = ("mad_std", "bias", "rmse", "outlier_fraction", "coverage_1sigma", "calibration_error")
+
+
+def add_model_index(card_text: str, results: dict[str, Any], model_name: str, dataset_name: str) -> str:
+    """
+    `card_text` (a model card with YAML front matter) with a `model-index` carrying `evaluate`'s results: one
+    task, with one metric `<label>_<metric>` per label and metric of `MODEL_INDEX_METRICS` (units of the label;
+    test split).
+    """
+    from huggingface_hub import EvalResult, ModelCard
+
+    card = ModelCard(card_text)
+    card.data.model_name = model_name
+    card.data.eval_results = [
+        EvalResult(
+            task_type="tabular-regression",
+            task_name="Gaia XP and colours to Teff, log g and [M/H]",
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=f"{label}_{metric}",
+            metric_name=f"{LABEL_TITLES[label]} {metric}",
+            metric_config="stellar_regression",
+            metric_value=float(results[label][metric]),
+        )
+        for label in EVALUATION_LABELS
+        for metric in MODEL_INDEX_METRICS
+        if metric in results[label]
+    ]
+    return str(card)
 
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
@@ -272,9 +321,7 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header, *rows]
-    )
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header, *rows])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -21,9 +21,7 @@ def survey_with_new_label(dataset_dir) -> datasets.Dataset:
     rng = np.random.default_rng(0)
     new = np.asarray(train["true_teff"], dtype=float) + 80.0 + rng.normal(0, 60.0, len(train))
     new[rng.random(len(train)) < 0.5] = np.nan
-    return train.add_column(NEW, new.astype(np.float32)).add_column(
-        NEW + "_err", np.full(len(train), 60.0, np.float32)
-    )
+    return train.add_column(NEW, new.astype(np.float32)).add_column(NEW + "_err", np.full(len(train), 60.0, np.float32))
 
 
 class RecordingModel(AstroForObservationPrediction):
@@ -74,9 +72,7 @@ def fine_tune(checkpoint, dataset, output_dir, label_pad_value: float, max_steps
 
 def test_trainer_fine_tunes_a_new_observation(tiny_trained_checkpoint, tiny_survey, tmp_path):
     dataset = survey_with_new_label(tiny_survey)
-    trainer, model, tokenizer, old_weight = fine_tune(
-        tiny_trained_checkpoint, dataset, tmp_path / "run", -100.0
-    )
+    trainer, model, tokenizer, old_weight = fine_tune(tiny_trained_checkpoint, dataset, tmp_path / "run", -100.0)
     new_id = tokenizer.token_id(NEW)
     embedding = model.get_input_embeddings().weight
     assert new_id == len(old_weight) == embedding.shape[0] - 1 and model.config.observation_names[-1] == NEW
@@ -165,7 +161,53 @@ def test_collator_ships_with_the_checkpoint(tiny_trained_checkpoint, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        "OK ['attention_mask', 'input_ids', 'input_values', 'label_errors', 'labels', 'request_ids'] (2, 2)"
-        in (result.stdout)
+    assert "OK ['attention_mask', 'input_ids', 'input_values', 'label_errors', 'labels', 'request_ids'] (2, 2)" in (
+        result.stdout
     )
+
+
+def test_trainer_compute_metrics_uses_the_metric_module(tiny_trained_checkpoint, tiny_survey, tmp_path):
+    """`Trainer.predict` with `trainer_compute_metrics`: the figures equal numpy on the de-standardised outputs."""
+    from modeling_astro.evaluation import EVALUATION_LABELS, trainer_compute_metrics
+
+    model = AstroForObservationPrediction.from_pretrained(tiny_trained_checkpoint)
+    tokenizer = AstroTokenizer.from_pretrained(tiny_trained_checkpoint)
+    test = datasets.Dataset.from_pandas(load_split_tables(str(tiny_survey), required=())["test"].iloc[:300])
+    collator = AstroDataCollator(
+        tokenizer, num_targets=3, label_names=list(EVALUATION_LABELS), label_target_fraction=1.0, label_pad_value=-100.0
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "eval"),
+        per_device_eval_batch_size=64,
+        remove_unused_columns=False,
+        label_names=["labels", "request_ids", "label_errors"],
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        compute_metrics=trainer_compute_metrics(tokenizer, EVALUATION_LABELS),
+    )
+    output = trainer.predict(test)
+    mean, logvar = output.predictions[:2]
+    labels, request_ids, label_errors = output.label_ids
+    for name in EVALUATION_LABELS:
+        token = tokenizer.token_id(name)
+        scale = tokenizer.scales[token - 1]  # token id 0 is padding
+        chosen = (request_ids == token) & (labels != -100) & np.isfinite(labels)
+        assert chosen.sum() > 50
+        residual = (mean[chosen] - labels[chosen]) * scale
+        sigma = np.exp(0.5 * logvar[chosen]) * scale
+        z = residual / np.sqrt(sigma**2 + (label_errors[chosen] * scale) ** 2)
+        bias = np.median(residual)
+        spread = 1.482602218505602 * np.median(np.abs(residual - bias))
+        metrics = output.metrics
+        assert metrics[f"test_{name}_num_examples"] == chosen.sum()
+        assert metrics[f"test_{name}_mad_std"] == pytest.approx(spread, rel=1e-5)
+        assert metrics[f"test_{name}_bias"] == pytest.approx(bias, rel=1e-5, abs=1e-6 * scale)
+        assert metrics[f"test_{name}_rmse"] == pytest.approx(np.sqrt(np.mean(residual**2)), rel=1e-5)
+        assert metrics[f"test_{name}_coverage_1sigma"] == pytest.approx(np.mean(np.abs(z) < 1), abs=1e-9)
