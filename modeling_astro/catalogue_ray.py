@@ -284,6 +284,7 @@ def predict_catalogue_ray(
     num_actors: int = 1,
     num_gpus: float = 0.0,
     cpus_per_actor: float = 1.0,
+    torch_threads: int | None = None,
     batch_size: int | None = None,
     rows_per_chunk: int = 16384,
     dtype: str = "float32",
@@ -291,12 +292,13 @@ def predict_catalogue_ray(
     object_store_mb: int | None = None,
     progress: bool = True,
     on_file: Callable[[Path, int], None] | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[pa.Table], None] | None = None,
 ) -> CatalogueRun:
     """
     Predict every input file of `data` that has no finished prediction file in `out` yet, on Ray Data (see the
-    module docstring). `on_file(path, rows)` is called after each prediction file is written, `on_batch(rows)`
-    after each result batch reaches the driver. Returns a `CatalogueRun` summary.
+    module docstring). `on_file(path, rows)` is called after each prediction file is written, `on_batch(table)`
+    with each result batch (tag columns `_file`, `_row`, `_node`, `_pid` included) when it reaches the driver.
+    Returns a `CatalogueRun` summary.
     """
     import ray
 
@@ -344,18 +346,16 @@ def predict_catalogue_ray(
             PredictActor,
             batch_size=None,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            compute=ray.data.ActorPoolStrategy(size=num_actors),  # Ray Data restarts dead actors, retries tasks
             num_cpus=cpus_per_actor,
             num_gpus=num_gpus,
-            max_restarts=-1,
-            max_task_retries=-1,
             fn_constructor_kwargs=dict(
                 model=str(model),
                 request=list(request),
                 device="cuda" if num_gpus > 0 else "cpu",
                 batch_size=batch_size,
                 dtype=dtype,
-                num_threads=max(1, int(cpus_per_actor)) if num_gpus == 0 else None,
+                num_threads=torch_threads or (max(1, int(cpus_per_actor)) if num_gpus == 0 else None),
             ),
         )
         targets = [output_path(out, kind, root, path) for path in todo]
@@ -385,7 +385,7 @@ def predict_catalogue_ray(
                 rows = collector.add(batch)
                 bar.update(rows)
                 if on_batch is not None:
-                    on_batch(rows)
+                    on_batch(batch)
             collector.close()
         summary.stars_per_node = dict(collector.nodes)
         summary.stars_per_actor = dict(collector.actors)
@@ -410,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> CatalogueRun:
     parser.add_argument("--num-actors", type=int, default=1, help="model replicas (actors)")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (0: CPU actors)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per CPU actor")
+    parser.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs)")
     parser.add_argument("--batch-size", type=int, help="stars per forward pass per device (128 CPU, 1024 GPU)")
     parser.add_argument("--rows-per-chunk", type=int, default=16384, help="stars per Ray block (read, tokenise)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -428,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> CatalogueRun:
         num_actors=args.num_actors,
         num_gpus=args.num_gpus,
         cpus_per_actor=args.cpus_per_actor,
+        torch_threads=args.torch_threads,
         batch_size=args.batch_size,
         rows_per_chunk=args.rows_per_chunk,
         dtype=args.dtype,
