@@ -1,12 +1,23 @@
-"""Benchmark catalogue-scale inference: >= 200k simulated stars through `modeling_astro.catalogue_inference`,
-killed with SIGKILL part-way, then resumed; checks that no row is missing or duplicated.
+"""Benchmark catalogue-scale inference, today's command against the Ray Data pipeline, on >= 200k simulated stars.
 
-The dataset is the simulated survey (`dataset_builder.default_data`) tiled to `--n-stars` rows with new
-`source_id`s, written as `--n-shards` parquet shards (inputs bp0-31, rp0-31 and their errors). The model has
-random weights (`--config small`, the ~160k preset, by default so the run takes minutes on 2 CPU threads;
-`--config paper` for the 8.8 M model). Reports stars/s of the resumed run, the peak RSS of each run (bounded
-by the chunk size, not the catalogue size) and the row checks. Stars of the survey without XP get NaN rows
-(counted). Wall times include the start-up of each run (imports, model loading).
+Data: `--n-stars` simulated stars (5000 simulated by `dataset_builder.simulate`, tiled with new `source_id`s in the
+same HEALPix pixels) written as Gaia DR3 bulk files (`XpContinuousMeanSpectrum_*.csv.gz` + `GaiaSource_*.csv.gz`,
+`--n-shards` pairs, `dataset_builder.bulk`), and the same stars' model inputs (bp0-31, rp0-31 and errors, computed
+by the bulk reader) as builder-format parquet shards for today's command, which cannot read bulk files.
+The model has random weights (`--config small` by default, `--config paper` for the 8.8 M model).
+
+Runs, each a fresh process (wall times include start-up: imports, `ray.init`, model loading):
+1. today's command (`modeling_astro.catalogue_inference`) on the shards -> `baseline_stars_per_s`;
+2. Ray (`modeling_astro.catalogue_ray`, local `ray.init`, 1 CPU actor) on the same shards ->
+   `ray_shards_stars_per_s`, `ray_overhead` = 1 - ray_shards / baseline (the issue asks <= 15%);
+3. Ray on the bulk `.csv.gz` files (parsing, joining, features, tokenising in CPU tasks) -> `ray_stars_per_s`;
+4. Ray on the bulk files with the model actor SIGKILLed once the first prediction file is written ->
+   `duplicates`, `missing` (source_ids, against the input);
+5. a two-node cluster on this machine (`ray start --head --num-cpus 1` + `ray start --address ... --num-cpus 1`,
+   two actors) on the shards -> `nodes` (nodes that predicted stars) and `stars_per_node`.
+Peak RSS is the peak, sampled every 0.2 s, of the summed RSS of the run's process tree (driver, raylet, Ray
+workers; shared object-store pages count once per process, so it over-counts).
+`hours_220M_per_actor` projects 220 million stars from the per-actor throughput of run 3.
 
 Run: ``python benchmarks/bench_catalogue.py [--n-stars 200000] [--config small]``; the last line printed is
 one JSON object.
@@ -23,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,54 +47,130 @@ from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa
 
 INPUTS = [f"bp{i}" for i in range(32)] + [f"rp{i}" for i in range(32)]
 REQUEST = ["teff", "logg", "m_h"]
+CATALOGUE_STARS = 220e6
+"""Gaia DR3 stars with XP continuous spectra."""
 
 
-def write_catalogue(folder: Path, n_stars: int, n_shards: int) -> None:
-    """The simulated survey tiled to `n_stars` rows with unique `source_id`s, as `n_shards` parquet shards."""
-    from dataset_builder.default_data import default_dataset
+def write_inputs(work: Path, n_stars: int, n_shards: int) -> tuple[Path, Path, np.ndarray]:
+    """Bulk-format files of `n_stars` simulated stars, and the same stars' inputs as builder shards."""
+    from dataset_builder.bulk import iter_bulk_inputs, simulated_bulk_sample
 
-    columns = [*INPUTS, *(name + "_err" for name in INPUTS)]
-    table = pq.read_table(sorted((default_dataset() / "data").glob("*.parquet")), columns=columns)
-    (folder / "data").mkdir(parents=True)
-    for k, rows in enumerate(np.array_split(np.arange(n_stars), n_shards)):
-        shard = table.take(pa.array(rows % table.num_rows))
-        shard = shard.add_column(0, "source_id", pa.array(rows.astype(np.int64) + 10**15))
-        pq.write_table(shard, folder / "data" / f"test-{k:05d}-of-{n_shards:05d}.parquet")
+    bulk = work / "bulk"
+    xp_files = simulated_bulk_sample(bulk, n_stars, seed=0, rows_per_file=-(-n_stars // n_shards))
+    shards = work / "catalogue" / "data"
+    shards.mkdir(parents=True)
+    columns = ["source_id", *INPUTS, *(name + "_err" for name in INPUTS)]
+    ids = []
+    for k, path in enumerate(xp_files):
+        parts = [pa.table({name: chunk[name] for name in columns}) for chunk in iter_bulk_inputs(path)]
+        table = pa.concat_tables(parts)
+        ids.append(table["source_id"].to_numpy())
+        pq.write_table(table, shards / f"test-{k:05d}-of-{len(xp_files):05d}.parquet")
+    return bulk, shards.parent, np.concatenate(ids)
 
 
-def save_model(folder: Path, config_name: str) -> None:
+def save_model(folder: Path, config_name: str, shard: Path) -> None:
     """A random-weight model (paper or small preset) and a tokenizer fitted to the catalogue."""
     setup_torch()
     config = AstroConfig() if config_name == "paper" else AstroConfig.small()
     AstroForObservationPrediction(config).save_pretrained(folder)
-    shard = pq.read_table(sorted((folder.parent / "catalogue" / "data").glob("*.parquet"))[0], columns=INPUTS)
-    AstroTokenizer().fit({name: shard[name].to_numpy() for name in INPUTS}).save_pretrained(folder)
+    table = pq.read_table(shard, columns=INPUTS)
+    AstroTokenizer().fit({name: table[name].to_numpy() for name in INPUTS}).save_pretrained(folder)
 
 
-def run_command(arguments: list[str], kill_after_shards: int | None, out: Path) -> dict:
-    """Run the catalogue command; SIGKILL it once `kill_after_shards` shards are finished. Returns rusage."""
+def tree_rss_mb(process: psutil.Process) -> float:
+    """Summed RSS of a process and its descendants [MB]."""
+
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run(command: list[str], out: Path | None = None, kill_actor: bool = False) -> dict:
+    """Run a command; sample its process tree's RSS; optionally SIGKILL the model actor after the first output."""
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(THREADS)}
     start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "modeling_astro.catalogue_inference", *arguments],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    killed = False
-    while kill_after_shards is not None and process.poll() is None:
-        if len(list(out.glob("*.parquet"))) >= kill_after_shards:
-            process.send_signal(signal.SIGKILL)
-            killed = True
-            break
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watched = psutil.Process(process.pid)
+    peak, killed = 0.0, None
+    while process.poll() is None:
+        peak = max(peak, tree_rss_mb(watched))
+        if kill_actor and killed is None and out is not None and list(out.glob("**/*.parquet")):
+            for member in watched.children(recursive=True):
+                try:
+                    if "PredictActor" in " ".join(member.cmdline()):
+                        os.kill(member.pid, signal.SIGKILL)
+                        killed = member.pid
+                        break
+                except psutil.Error:
+                    pass
         time.sleep(0.2)
-    _, status, usage = os.wait4(process.pid, 0)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed ({process.returncode}):\n{stderr[-4000:]}")
+    lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     return {
         "seconds": time.perf_counter() - start,
-        "killed": killed,
-        "exit_status": status,
-        "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": round(peak, 1),
+        "killed_pid": killed,
+        "summary": json.loads(lines[-1]) if lines else None,
     }
+
+
+def exactly_once(out: Path, expected: np.ndarray) -> dict:
+    ids = pq.read_table(sorted(out.glob("**/*.parquet")), columns=["source_id"])["source_id"].to_numpy()
+    return {
+        "rows": int(len(ids)),
+        "duplicates": int(len(ids) - len(np.unique(ids))),
+        "missing": int(len(np.setdiff1d(expected, ids))),
+    }
+
+
+def ray_command(model: Path, data: Path, out: Path, dtype: str, rows: int, *extra: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "modeling_astro.catalogue_ray", "--model", str(model), "--data", str(data)),
+        *("--out", str(out), "--request", *REQUEST, "--inputs", *INPUTS, "--dtype", dtype),
+        *("--rows-per-chunk", str(rows), "--no-progress", *extra),
+    ]
+
+
+def two_node_run(model: Path, data: Path, out: Path, dtype: str, rows: int) -> dict:
+    """`ray start --head --num-cpus 1` + a second `ray start --address ... --num-cpus 1`, both --block in our own
+    process groups (stopped by signalling those groups, not with `ray stop`, which would stop every Ray here)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
+    nodes = []
+    try:
+        head = [
+            *("ray", "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1"),
+            "--include-dashboard=false",
+            *common,
+        ]
+        nodes.append(subprocess.Popen(head, env=env, start_new_session=True, stdout=subprocess.DEVNULL))
+        time.sleep(15)
+        worker = ["ray", "start", "--address", address, "--node-ip-address", "127.0.0.1", *common]
+        nodes.append(subprocess.Popen(worker, env=env, start_new_session=True, stdout=subprocess.DEVNULL))
+        time.sleep(15)
+        result = run(ray_command(model, data, out, dtype, rows, "--address", address, "--num-actors", "2"), out=out)
+    finally:
+        for node in reversed(nodes):
+            try:
+                os.killpg(node.pid, signal.SIGTERM)
+                node.wait(timeout=60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(node.pid, signal.SIGKILL)
+    return result
 
 
 def main() -> None:
@@ -94,52 +182,83 @@ def main() -> None:
     parser.add_argument("--rows-per-chunk", type=int, default=16384)
     parser.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     args = parser.parse_args()
+    timings = {}
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(args.workdir or temporary)
-        write_catalogue(work / "catalogue", args.n_stars, args.n_shards)
-        save_model(work / "model", args.config)
-        out = work / "predictions"
-        out.mkdir(parents=True, exist_ok=True)
-        arguments = [
-            *("--model", str(work / "model"), "--data", str(work / "catalogue"), "--out", str(out)),
-            *("--request", *REQUEST, "--inputs", *INPUTS, "--dtype", args.dtype),
-            *("--rows-per-chunk", str(args.rows_per_chunk)),
-        ]
-        first = run_command(arguments, kill_after_shards=args.n_shards // 2, out=out)
-        done_before_resume = len(list(out.glob("*.parquet")))
-        stars_left = sum(
-            pq.ParquetFile(shard).metadata.num_rows
-            for shard in (work / "catalogue" / "data").glob("*.parquet")
-            if not (out / shard.name).exists()
+        begin = time.perf_counter()
+        bulk, catalogue, expected = write_inputs(work, args.n_stars, args.n_shards)
+        timings["write_inputs_s"] = round(time.perf_counter() - begin, 1)
+        model = work / "model"
+        save_model(model, args.config, sorted((catalogue / "data").glob("*.parquet"))[0])
+        rows = str(args.rows_per_chunk)
+
+        out = work / "baseline"
+        baseline = run(
+            [
+                *(sys.executable, "-m", "modeling_astro.catalogue_inference", "--model", str(model)),
+                *("--data", str(catalogue), "--out", str(out), "--request", *REQUEST, "--inputs", *INPUTS),
+                *("--dtype", args.dtype, "--rows-per-chunk", rows),
+            ]
         )
-        second = run_command(arguments, kill_after_shards=None, out=out)
-        ids = pq.read_table(sorted(out.glob("*.parquet")), columns=["source_id"])["source_id"].to_numpy()
-        first_request = pq.read_table(sorted(out.glob("*.parquet")), columns=[REQUEST[0]])[REQUEST[0]]
-        no_input = int(np.isnan(first_request.to_numpy()).sum())
-    expected = np.arange(args.n_stars, dtype=np.int64) + 10**15
+        baseline_check = exactly_once(out, expected)
+        threads = ("--cpus-per-actor", "1", "--torch-threads", str(THREADS))
+        out = work / "ray_shards"
+        ray_shards = run(ray_command(model, catalogue, out, args.dtype, args.rows_per_chunk, *threads))
+        out = work / "ray_bulk"
+        ray_bulk = run(ray_command(model, bulk, out, args.dtype, args.rows_per_chunk, *threads))
+        bulk_check = exactly_once(out, expected)
+        out = work / "ray_bulk_killed"
+        killed = run(ray_command(model, bulk, out, args.dtype, args.rows_per_chunk, *threads), out, True)
+        killed_check = exactly_once(out, expected)
+        out = work / "ray_two_nodes"
+        two_nodes = two_node_run(model, catalogue, out, args.dtype, args.rows_per_chunk)
+        two_node_check = exactly_once(out, expected)
+
+    def rate(result: dict) -> float:
+        return round(args.n_stars / result["seconds"], 1)
+
+    per_node = two_nodes["summary"]["stars_per_node"]
+    per_actor = ray_bulk["summary"]["stars_per_s"]  # one actor: the run's throughput is the actor's
     result = {
         "benchmark": "catalogue",
-        "stars_per_s": round(stars_left / second["seconds"], 1),
-        "naive_stars_per_s": None,
-        "speedup": None,
-        "peak_rss_mb": max(first["peak_rss_mb"], second["peak_rss_mb"]),
+        "ray_stars_per_s": rate(ray_bulk),
+        "ray_shards_stars_per_s": rate(ray_shards),
+        "baseline_stars_per_s": rate(baseline),
+        "ray_overhead": round(1 - rate(ray_shards) / rate(baseline), 3),
+        "peak_rss_mb": ray_bulk["peak_rss_mb"],
+        "ray_shards_peak_rss_mb": ray_shards["peak_rss_mb"],
+        "baseline_peak_rss_mb": baseline["peak_rss_mb"],
+        "duplicates": killed_check["duplicates"],
+        "missing": killed_check["missing"],
+        "killed_actor_pid": killed["killed_pid"],
+        "killed_run_stars_per_actor": killed["summary"]["stars_per_actor"],
+        "nodes": sum(1 for count in per_node.values() if count > 0),
+        "stars_per_node": per_node,
+        "two_node_stars_per_actor": two_nodes["summary"]["stars_per_actor"],
+        "two_node_duplicates": two_node_check["duplicates"],
+        "two_node_missing": two_node_check["missing"],
+        "bulk_run_duplicates": bulk_check["duplicates"],
+        "bulk_run_missing": bulk_check["missing"],
+        "baseline_duplicates": baseline_check["duplicates"],
+        "baseline_missing": baseline_check["missing"],
+        "hours_220M_per_actor": round(CATALOGUE_STARS / per_actor / 3600, 1),
+        "hours_220M_per_actor_basis": "ray_bulk run, pipeline stars/s incl. start-up, 1 CPU actor, this machine",
+        "wall_s": {
+            "baseline": round(baseline["seconds"], 1),
+            "ray_shards": round(ray_shards["seconds"], 1),
+            "ray_bulk": round(ray_bulk["seconds"], 1),
+            "ray_bulk_killed": round(killed["seconds"], 1),
+            "ray_two_nodes": round(two_nodes["seconds"], 1),
+            **timings,
+        },
         "n_stars": args.n_stars,
-        "n_shards": args.n_shards,
+        "n_files": args.n_shards,
         "config": args.config,
         "dtype": args.dtype,
         "rows_per_chunk": args.rows_per_chunk,
-        "killed_with_sigkill": first["killed"],
-        "shards_done_when_killed": done_before_resume,
-        "stars_in_resumed_run": stars_left,
-        "resumed_run_s": round(second["seconds"], 1),
-        "first_run_peak_rss_mb": first["peak_rss_mb"],
-        "resumed_run_peak_rss_mb": second["peak_rss_mb"],
-        "rows_written": int(len(ids)),
-        "duplicate_rows": int(len(ids) - len(np.unique(ids))),
-        "missing_rows": int(len(np.setdiff1d(expected, ids))),
-        "stars_without_inputs_nan": no_input,
         "threads": THREADS,
         "load_average_1min": machine_load(),
+        "machine": "2 CPU cores shared with other jobs: timings are noisy",
     }
     print(json.dumps(result))
 

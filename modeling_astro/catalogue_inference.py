@@ -138,7 +138,15 @@ def predict_catalogue(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument("--engine", choices=["accelerate", "ray"], default="accelerate")
+    chosen, argv = engine.parse_known_args(argv)
+    if chosen.engine == "ray":  # Gaia bulk files, HATS, Ray clusters: modeling_astro.catalogue_ray (its options)
+        from .catalogue_ray import main as ray_main
+
+        ray_main(argv)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[engine])
     parser.add_argument("--model", required=True, help="checkpoint folder (model + tokenizer)")
     parser.add_argument("--data", required=True, help="dataset folder written by the dataset builder")
     parser.add_argument("--out", required=True, help="folder of the prediction shards")

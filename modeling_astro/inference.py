@@ -204,19 +204,32 @@ class AstroPredictor:
                     invalid=invalid,
                     ignore_columns=ignore_columns,
                 )
-                lengths = features["attention_mask"].sum(dim=1).numpy()
                 if empty is not None:
+                    lengths = features["attention_mask"].sum(dim=1).numpy()
                     empty.append(start + np.flatnonzero(lengths == 0))
-                order = np.argsort(lengths, kind="stable")
-                order = order[lengths[order] > 0]
-                on_device = {key: value.to(self.device, non_blocking=True) for key, value in features.items()}
-                for first in range(0, len(order), stars_per_batch):
-                    stars = order[first : first + stars_per_batch]
-                    length = int(lengths[stars[-1]])
-                    index = torch.from_numpy(stars).to(self.device)
-                    yield start, stars, {key: value[index, :length] for key, value in on_device.items()}
+                used = 0
+                for stars, batch in self._sorted_batches(features, stars_per_batch):
+                    yield start, stars, batch
                     bar.update(len(stars))
-                bar.update(stop - start - len(order))
+                    used += len(stars)
+                bar.update(stop - start - used)
+
+    def _sorted_batches(
+        self, features: Mapping[str, torch.Tensor], stars_per_batch: int
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """
+        Yield `(star_indices, tensors)` per batch of tokenised stars: sorted by number of observations, cut to
+        the longest star of each batch, on the device. Stars without observations are skipped.
+        """
+        lengths = features["attention_mask"].sum(dim=1).cpu().numpy()
+        order = np.argsort(lengths, kind="stable")
+        order = order[lengths[order] > 0]
+        on_device = {key: value.to(self.device, non_blocking=True) for key, value in features.items()}
+        for first in range(0, len(order), stars_per_batch):
+            stars = order[first : first + stars_per_batch]
+            length = int(lengths[stars[-1]])
+            index = torch.from_numpy(stars).to(self.device)
+            yield stars, {key: value[index, :length] for key, value in on_device.items()}
 
     # ------------------------------------------------------------------ public API
     @torch.inference_mode()
@@ -329,6 +342,57 @@ class AstroPredictor:
         if output_attentions:
             return table, self._gather_attentions(attention_batches, rows.num_rows, num_requests)
         return table
+
+    @torch.inference_mode()
+    def predict_tokenized(self, features: Mapping[str, Any], request: Sequence[str]) -> pd.DataFrame:
+        r"""
+        Predict the requested observations from stars already tokenised by `self.tokenizer` (e.g. in other
+        processes of a pipeline, so that this process only runs the model), in physical units.
+
+        Args:
+            features: the tokenizer's output for `num_stars` stars: `input_ids`, `input_values` and
+                `attention_mask`, arrays or tensors of shape `(num_stars, length)` (any padding, any integer or
+                bool dtype for the ids and the mask).
+            request: observation names to predict.
+
+        Returns:
+            `pandas.DataFrame` with columns `<name>` and `<name>_sigma` per requested name, one row per star in
+            input order (NaN for stars without observations), equal to [`predict`] on the untokenised stars.
+        """
+        missing = [key for key in ("input_ids", "input_values", "attention_mask") if key not in features]
+        if missing:
+            raise KeyError(f"`features` lacks {missing}: pass the output of the predictor's tokenizer.")
+        tensors = {
+            "input_ids": torch.as_tensor(np.asarray(features["input_ids"]), dtype=torch.long),
+            "input_values": torch.as_tensor(np.asarray(features["input_values"]), dtype=torch.float32),
+            "attention_mask": torch.as_tensor(np.asarray(features["attention_mask"]), dtype=torch.long),
+        }
+        shapes = {tuple(value.shape) for value in tensors.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"`features` arrays must share one shape (num_stars, length), got {sorted(shapes)}.")
+        num_rows = tensors["input_ids"].shape[0]
+        request = list(request)
+        request_ids = self.tokenizer.encode_requests(request).to(self.device)
+        stars_per_batch = max(1, min(self.batch_size, MAX_REQUEST_TOKENS // len(request)))
+        mean = np.full((num_rows, len(request)), np.nan, dtype=np.float32)
+        logvar = np.full((num_rows, len(request)), np.nan, dtype=np.float32)
+        indices, means, logvars = [], [], []
+        for stars, batch in self._sorted_batches(tensors, stars_per_batch):
+            batch_mean, batch_logvar, *_ = self._forward(
+                batch["input_ids"], batch["input_values"], batch["attention_mask"], request_ids
+            )
+            indices.append(stars), means.append(batch_mean), logvars.append(batch_logvar)
+        if indices:
+            index = np.concatenate(indices)
+            mean[index] = torch.cat(means).cpu().numpy()
+            logvar[index] = torch.cat(logvars).cpu().numpy()
+        self._warn_empty_stars(mean[:, 0])
+        value, sigma = self.tokenizer.inverse_transform(mean, logvar, request_ids.cpu().numpy()[None, :])
+        columns = {}
+        for i, name in enumerate(request):
+            columns[name] = value[:, i].astype(np.float32)
+            columns[name + SIGMA_SUFFIX] = sigma[:, i].astype(np.float32)
+        return pd.DataFrame(columns)
 
     def _sampled_batch(
         self,

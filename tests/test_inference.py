@@ -93,6 +93,24 @@ def test_input_containers_agree(predictor):
         pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-6)
 
 
+def test_predict_tokenized_equals_predict(predictor):
+    data = make_stars(num_stars=50, seed=4)
+    with pytest.warns(UserWarning, match="1 star"):
+        expected = predictor.predict(data, REQUEST)
+    features = predictor.tokenizer(data, truncation=True, padding="max_length")  # padded beyond the longest star
+    compact = {  # as a pipeline ships them: narrow integer and bool dtypes
+        "input_ids": features["input_ids"].astype(np.int16),
+        "input_values": features["input_values"],
+        "attention_mask": features["attention_mask"].astype(bool),
+    }
+    with pytest.warns(UserWarning, match="1 star"):
+        table = predictor.predict_tokenized(compact, REQUEST)
+    assert table.iloc[3].isna().all() and not table.drop(index=3).isna().any().any()
+    pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match="input_values"):
+        predictor.predict_tokenized({"input_ids": compact["input_ids"]}, REQUEST)
+
+
 def test_streaming_equals_in_memory(predictor):
     data = make_stars(num_stars=30, seed=2)
     data["teff"][:] = 5000.0  # no empty star warning needed: every star has teff
