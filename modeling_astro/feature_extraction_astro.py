@@ -154,7 +154,10 @@ class StarTable:
         if isinstance(self.data, pd.DataFrame):
             part = self.data.iloc[start:stop]
         elif isinstance(self.data, Mapping):
-            part = {key: value[start:stop] for key, value in self.data.items()}
+            part = {
+                key: value.iloc[start:stop] if isinstance(value, pd.Series) else value[start:stop]
+                for key, value in self.data.items()
+            }
         else:  # astropy Table, numpy-formatted datasets.Dataset (-> dict of arrays)
             part = self.data[start:stop]
         return StarTable(part, row_offset=self.row_offset + start)
