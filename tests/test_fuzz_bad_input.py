@@ -717,3 +717,9 @@ def test_fuzz_nan_outputs_of_a_broken_model_are_not_called_missing_inputs(P):
     assert table["teff"].isna().all()
     assert any("non-finite outputs for 1 star(s) with observations (first at row 0)" in m for m in messages)
     assert any("1 star(s) (first at row 1) have no usable observation" in m for m in messages)
+
+
+def test_fuzz_error_column_without_its_observation_is_reported(P):
+    with pytest.warns(UnknownColumnsWarning, match=r"\['teff_err'\]"):
+        table = P.predict({**x(), "teff_err": np.r_[50.0]}, ["logg"])
+    pd.testing.assert_frame_equal(table, predict_quietly(P, x(), ["logg"]))
