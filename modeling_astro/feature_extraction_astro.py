@@ -150,7 +150,10 @@ class StarTable:
         if isinstance(self.data, pd.DataFrame):
             part = self.data.iloc[start:stop]
         elif isinstance(self.data, Mapping):
-            part = {key: value[start:stop] for key, value in self.data.items()}
+            part = {
+                key: value.iloc[start:stop] if isinstance(value, pd.Series) else value[start:stop]
+                for key, value in self.data.items()
+            }
         else:  # astropy Table, numpy-formatted datasets.Dataset (-> dict of arrays)
             part = self.data[start:stop]
         return StarTable(part, row_offset=self.row_offset + start)
@@ -440,14 +443,14 @@ class AstroTokenizer(FeatureExtractionMixin):
         return mean * scale + median, exp(0.5 * logvar) * scale
 
     # ------------------------------------------------------------------ reading (the one validation layer)
-    def _is_known_column(self, column: str, ignore_columns: Sequence[str]) -> bool:
-        """Whether `column` is consumed or deliberately skipped: an observation, its error, or metadata."""
+    def _is_known_column(self, column: str, ignore_columns: Sequence[str], columns: Sequence[str]) -> bool:
+        """Whether `column` is consumed or deliberately skipped: an observation, the error of one, or metadata."""
         if column in self._token_ids or column in ignore_columns or column in NON_OBSERVATION_COLUMNS:
             return True
         if column.startswith(NON_OBSERVATION_PREFIXES):
             return True
         return any(
-            column.endswith(suffix) and column[: -len(suffix)] in self._token_ids
+            column.endswith(suffix) and column[: -len(suffix)] in self._token_ids and column[: -len(suffix)] in columns
             for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES)
         )
 
@@ -464,13 +467,16 @@ class AstroTokenizer(FeatureExtractionMixin):
         lower = {name.lower(): name for name in self.observation_names}
         unknown = []
         for column in columns:
-            if self._is_known_column(column, ignore_columns):
+            if self._is_known_column(column, ignore_columns, columns):
                 continue
             base, suffix = column, ""
             for candidate in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES):
                 if column.lower().endswith(candidate):
                     base, suffix = column[: -len(candidate)], column[-len(candidate) :]
                     break
+            if base in self._token_ids:  # an error column without its observation: nothing to use it for
+                unknown.append(column)
+                continue
             if base.lower() in lower:  # Teff, LOGG, TEFF_ERR: meant as an observation, in the wrong case
                 meant = lower[base.lower()] + suffix.lower()
                 raise ObservationNameError(

@@ -702,3 +702,24 @@ def test_fuzz_original_infinite_weight_is_refused(tmp_path):
 
     with pytest.raises(OriginalCheckpointError, match=r"'embedding_layer.bias' holds 1 NaN/inf"):
         convert_original_checkpoint(_original_copy(tmp_path, poison), tmp_path / "out")
+
+
+def test_fuzz_nan_outputs_of_a_broken_model_are_not_called_missing_inputs(P):
+    model = AstroForObservationPrediction(P.model.config)
+    model.load_state_dict(P.model.state_dict())
+    with torch.no_grad():
+        model.head.mean.bias.fill_(float("nan"))
+    broken = AstroPredictor(model, P.tokenizer, device="cpu", attn_implementation="sdpa")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = broken.predict({"bprp": np.r_[1.0, np.nan], "jh": np.r_[0.5, np.nan]}, ["teff"])
+    messages = [str(w.message) for w in caught]
+    assert table["teff"].isna().all()
+    assert any("non-finite outputs for 1 star(s) with observations (first at row 0)" in m for m in messages)
+    assert any("1 star(s) (first at row 1) have no usable observation" in m for m in messages)
+
+
+def test_fuzz_error_column_without_its_observation_is_reported(P):
+    with pytest.warns(UnknownColumnsWarning, match=r"\['teff_err'\]"):
+        table = P.predict({**x(), "teff_err": np.r_[50.0]}, ["logg"])
+    pd.testing.assert_frame_equal(table, predict_quietly(P, x(), ["logg"]))
