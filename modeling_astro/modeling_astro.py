@@ -286,8 +286,9 @@ class AstroPreTrainedModel(PreTrainedModel):
                 "hidden sizes or layer widths edited?); the load report above lists the parameters. Save the model "
                 "and its config together."
             ) from error
-        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        loaded = model[0] if isinstance(model, tuple) else model  # (model, loading_info) with output_loading_info
+        for name, tensor in (*loaded.named_parameters(), *loaded.named_buffers()):
+            if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise ValueError(
                     f"{weights}: parameter {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}: the checkpoint "
