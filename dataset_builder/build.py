@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from modeling_astro.io_utils import folder_lock, replace_folder
+from modeling_astro.observations import ERROR_SUFFIX
 
 from . import features as F
 from .card import render_card
@@ -221,11 +222,11 @@ def _shard_columns(
     columns: dict[str, np.ndarray] = {"source_id": shard_ids}
     nan = np.full(n, np.nan, dtype=np.float32)
     for name in XP_NAMES:
-        columns[name], columns[f"{name}_err"] = nan, nan
+        columns[name], columns[f"{name}{ERROR_SUFFIX}"] = nan, nan
     if xp_block is not None and xp_block.num_rows:
         position = np.searchsorted(shard_ids, xp_block["source_id"].to_numpy())
         for name in XP_NAMES:
-            for column in (name, f"{name}_err"):
+            for column in (name, f"{name}{ERROR_SUFFIX}"):
                 values = np.full(n, np.nan, dtype=np.float32)
                 values[position] = xp_block[column].to_numpy()
                 columns[column] = values

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from modeling_astro.observations import G_FLUX_ZERO_POINT
+from modeling_astro.observations import ERROR_SUFFIX, G_FLUX_ZERO_POINT
 
 from .schema import XP_LENGTH
 
@@ -110,7 +110,7 @@ def apogee_labels(joined: pd.DataFrame) -> dict[str, np.ndarray]:
     labels = {}
     for name, column in (("teff", "TEFF"), ("logg", "LOGG"), ("m_h", "M_H")):
         labels[name] = np.where(usable, _optional(joined, column), np.nan)
-        labels[f"{name}_err"] = np.where(usable, _optional(joined, f"{column}_ERR"), np.nan)
+        labels[f"{name}{ERROR_SUFFIX}"] = np.where(usable, _optional(joined, f"{column}_ERR"), np.nan)
     return labels
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import datasets
 
-from modeling_astro.observations import DEFAULT_OBSERVATION_NAMES, G_FLUX_ZERO_POINT, XP_COEFFICIENTS_PER_BAND
+from modeling_astro.observations import (
+    DEFAULT_OBSERVATION_NAMES,
+    ERROR_SUFFIX,
+    G_FLUX_ZERO_POINT,
+    XP_COEFFICIENTS_PER_BAND,
+    XP_NAMES,  # noqa: F401  (re-exported: the dataset columns of the XP coefficients)
+)
 
 XP_LENGTH = XP_COEFFICIENTS_PER_BAND
 """Number of Gaia DR3 XP basis coefficients per band."""
 
 OBSERVATION_NAMES: tuple[str, ...] = DEFAULT_OBSERVATION_NAMES
 """The observation vocabulary, in token order (token id = position + 1; 0 is padding): the model's own."""
-XP_NAMES: tuple[str, ...] = OBSERVATION_NAMES[: 2 * XP_LENGTH]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
@@ -36,7 +41,7 @@ def dataset_features(true_columns: tuple[str, ...] = ()) -> datasets.Features:
     features = {"source_id": datasets.Value("int64")}
     for name in OBSERVATION_NAMES:
         features[name] = datasets.Value("float32")
-        features[f"{name}_err"] = datasets.Value("float32")
+        features[f"{name}{ERROR_SUFFIX}"] = datasets.Value("float32")
     for name in true_columns:
         features[name] = datasets.Value("float32")
     return datasets.Features(features)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from huggingface_hub.repocard import metadata_load
 
+from .feature_extraction_astro import StarTable
 from .inference import AstroPredictor
 from .observations import EVALUATION_INPUTS, EVALUATION_LABELS
 
@@ -218,10 +219,7 @@ def evaluate(
     splits = load_split_tables(data_dir)
     test = splits["test"]
     predictor = AstroPredictor.from_pretrained(model_path, **{"device": "cpu", **(predictor_kwargs or {})})
-    inputs = {name: test[name].to_numpy() for name in EVALUATION_INPUTS}
-    inputs.update(
-        {f"{name}_err": test[f"{name}_err"].to_numpy() for name in EVALUATION_INPUTS if f"{name}_err" in test}
-    )
+    inputs = StarTable(test).select(EVALUATION_INPUTS)
     started = time.perf_counter()
     model = predictor.predict(inputs, request=list(EVALUATION_LABELS))
     model_seconds = time.perf_counter() - started
@@ -239,7 +237,8 @@ def evaluate(
     for label in EVALUATION_LABELS:
         labelled = has_xp & np.isfinite(test[label].to_numpy()) & np.isfinite(model[label].to_numpy())
         true = test[label].to_numpy()[labelled]
-        error = test[f"{label}_err"].to_numpy()[labelled] if f"{label}_err" in test else np.zeros(labelled.sum())
+        error_column = StarTable(test).error_column(label)
+        error = test[error_column].to_numpy()[labelled] if error_column else np.zeros(labelled.sum())
         entry = with_sigmas.compute(
             predictions=model[label].to_numpy()[labelled],
             references=true,

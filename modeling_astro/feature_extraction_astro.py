@@ -158,6 +158,28 @@ class StarTable:
             part = self.data[start:stop]
         return StarTable(part, row_offset=self.row_offset + start)
 
+    def error_column(self, name: str) -> str | None:
+        """The column holding the 1-sigma errors of observation `name` (`name_err`, or an accepted alias such as
+        the Gaia archive's `name_error`), or None; two of them for one observation are an error."""
+        found = [name + suffix for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES) if name + suffix in self.columns]
+        if len(found) > 1:
+            raise ValueError(f"Columns {found} both give the 1-sigma error of {name!r}: keep one of them.")
+        return found[0] if found else None
+
+    def select(self, names: Sequence[str]) -> dict[str, Any]:
+        """
+        The columns of the observations `names` that the table has, with their error columns, unchanged (units
+        and masks kept, read later by [`AstroTokenizer.read_table`]): a task's inputs restricted to these
+        observations, so that a prediction cannot see, e.g., a dataset row's own answer.
+        """
+        selected = {}
+        for name in names:
+            if name in self.columns:
+                for column in (name, self.error_column(name)):
+                    if column is not None:
+                        selected[column] = self.data[self._keys.get(column, column)]
+        return selected
+
     def raw(self, name: str) -> np.ndarray:
         """Column `name` as a numpy array, unchanged (e.g. `source_id`)."""
         if name not in self.columns:
@@ -503,12 +525,6 @@ class AstroTokenizer(FeatureExtractionMixin):
             )
         return names
 
-    def _error_column(self, table: StarTable, name: str) -> str | None:
-        found = [name + suffix for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES) if name + suffix in table.columns]
-        if len(found) > 1:
-            raise ValueError(f"Columns {found} both give the 1-sigma error of {name!r}: keep one of them.")
-        return found[0] if found else None
-
     def read_table(
         self,
         data: Any,
@@ -548,7 +564,7 @@ class AstroTokenizer(FeatureExtractionMixin):
         error_names: list[str | None] = [None] * len(names)
         for index, (name, unit) in enumerate(zip(names, units)):
             values[:, index] = table.numeric(name, unit)
-            error_names[index] = self._error_column(table, name)
+            error_names[index] = table.error_column(name)
             if error_names[index] is not None:
                 error_values[:, index] = table.numeric(error_names[index], unit)
         if errors is not None:

@@ -62,7 +62,7 @@ def test_command_line_writes_results_and_plots(tiny_trained_checkpoint, tiny_sur
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_trained_checkpoint, folder)
-    run_info = {"dataset_dir": str(tiny_survey), "num_processes": 1, "final_step": 120}
+    run_info = json.loads((tiny_trained_checkpoint / "training_args.json").read_text())  # what train.py recorded
     train.write_model_card(folder, results, train.TrainArguments(), train.ModelArguments(), run_info)
     card = ModelCard.load(folder / "README.md")
     index = {result.metric_type: result.metric_value for result in card.data.eval_results}

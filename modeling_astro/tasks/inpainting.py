@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..feature_extraction_astro import StarTable
+from ..observations import BP_NAMES, RP_NAMES, SIGMA_SUFFIX, XP_NAMES
 from .labels import select_inputs
-from .spectra import BP_NAMES, RP_NAMES, SIGMA_SUFFIX, XP_NAMES
 
 BAND_NAMES = {"bp": BP_NAMES, "rp": RP_NAMES}
 
@@ -60,18 +61,14 @@ def fill_missing_coefficients(predictor, data: Any, inputs_per_band: int | None 
         rank = np.cumsum(np.isfinite(band), axis=1)  # 1 for the lowest-order present coefficient
         band = np.where(rank <= per_band, band, np.nan)
         inputs.update({name: band[:, i] for i, name in enumerate(names)})
-    inputs.update(
-        {
-            f"{name}_err": np.asarray(data[f"{name}_err"], dtype=np.float64)
-            for name in XP_NAMES
-            if f"{name}_err" in data
-        }
-    )
+    table = StarTable(data)
+    errors = {name: table.error_column(name) for name in XP_NAMES}
+    inputs.update({column: table.raw(column) for column in errors.values() if column is not None})
     prediction = predictor.predict(inputs, list(XP_NAMES))
     filled = ~np.isfinite(observed)
     columns = {}
     for i, name in enumerate(XP_NAMES):
-        error = np.asarray(data[f"{name}_err"], dtype=np.float64) if f"{name}_err" in data else np.nan
+        error = table.numeric(errors[name]) if errors[name] is not None else np.nan
         columns[name] = np.where(filled[:, i], prediction[name], observed[:, i])
         columns[name + SIGMA_SUFFIX] = np.where(filled[:, i], prediction[name + SIGMA_SUFFIX], error)
         columns[f"{name}_filled"] = filled[:, i]

@@ -9,22 +9,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..feature_extraction_astro import StarTable
 from ..observations import EVALUATION_INPUTS, LABEL_REQUEST, SIGMA_SUFFIX
 from .plotting import new_figure, save_figure
 
 SPECTRA_INPUTS = EVALUATION_INPUTS  # the paper's spectra -> labels inputs
 
 
-def select_inputs(data: Any, names: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:
-    """The columns ``names`` of ``data`` (and their ``_err`` columns) that are present, as a dict of arrays.
+def select_inputs(data: Any, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The columns ``names`` of ``data`` that are present and their error columns (``StarTable.select``).
 
     Restricting the inputs keeps a prediction from seeing the answer (e.g. a dataset row's own ``teff``).
     """
-    inputs = {}
-    for name in names:
-        for column in (name, f"{name}_err"):
-            if column in data:
-                inputs[column] = np.asarray(data[column], dtype=np.float64)
+    inputs = StarTable(data).select(names)
     if not inputs:
         raise ValueError(f"The data has none of the input columns {list(names[:4])}...; pass data with them.")
     return inputs

@@ -22,6 +22,7 @@ from dataset_builder.features import g_band_flux
 from dataset_builder.xp_projection import BANDS, _check_gaiaxpy_version
 
 from ..observations import BP_NAMES, LABEL_PROMPT, RP_NAMES, SIGMA_SUFFIX, XP_NAMES
+from .labels import select_inputs
 from .plotting import new_figure, save_figure
 
 LABEL_INPUTS = LABEL_PROMPT  # the stellar labels a generated spectrum is conditioned on (labels -> XP)
@@ -153,10 +154,7 @@ def generate_spectra(
             f"generate_spectra needs at least one of the labels {LABEL_INPUTS}; got columns "
             f"{list(labels.keys()) if hasattr(labels, 'keys') else type(labels).__name__}."
         )
-    inputs = {name: _column(labels, name) for name in names}
-    inputs.update(
-        {f"{name}_err": _column(labels, f"{name}_err") for name in names if f"{name}_err" in labels}
-    )
+    inputs = select_inputs(labels, names)
     request = list(XP_NAMES) + (["g_fakemag"] if absolute else [])
     prediction = predictor.predict(inputs, request, n_samples=n_samples, seed=seed)
     if not absolute:
