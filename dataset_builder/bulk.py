@@ -35,6 +35,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modeling_astro.io_utils import atomic_path
+
 from . import features as F
 from .errors import DatasetBuildError
 from .readers import XPContinuous, _xp_matrix
@@ -382,11 +384,10 @@ def _write_bulk_csv(path: Path, frame: pd.DataFrame, description: str) -> None:
         kind = "string" if dtype is np.dtype(object) else str(dtype)
         header.append(f"# - {{name: {name}, datatype: {kind}}}")
     header += ["# meta: !!omap", f"# - {{description: '{description}'}}", "# schema: astropy-2.0"]
-    temporary = path.with_name("." + path.name + ".partial")
-    with gzip.open(temporary, "wt", encoding="utf-8", compresslevel=1, newline="") as handle:
-        handle.write("\n".join(header) + "\n")
-        frame.to_csv(handle, index=False, na_rep=NULL, float_format="%.9g", quoting=csv.QUOTE_MINIMAL)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        with gzip.open(temporary, "wt", encoding="utf-8", compresslevel=1, newline="") as handle:
+            handle.write("\n".join(header) + "\n")
+            frame.to_csv(handle, index=False, na_rep=NULL, float_format="%.9g", quoting=csv.QUOTE_MINIMAL)
 
 
 def write_bulk_sample(
@@ -502,9 +503,8 @@ def write_hats_sample(
         pixel = hats.HealpixPixel(order, value)
         path = hats.io.paths.pixel_catalog_file(root, pixel)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(path).with_name("." + Path(path).name + ".partial")
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
+        with atomic_path(path) as temporary:
+            pq.write_table(table, temporary)
         pixels.append(pixel)
         total += table.num_rows
     PartitionInfo.from_healpix(pixels).write_to_file(root / "partition_info.csv")

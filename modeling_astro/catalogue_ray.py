@@ -45,9 +45,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .catalogue_inference import DTYPES, TEMPORARY_PREFIX, TEMPORARY_SUFFIX, input_shards
+from .catalogue_inference import DTYPES, input_shards
 from .feature_extraction_astro import ERROR_SUFFIX
 from .inference import SIGMA_SUFFIX
+from .io_utils import atomic_path
 
 FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN = "_file", "_row", "_file_rows"
 NODE_COLUMN, PID_COLUMN = "_node", "_pid"
@@ -250,9 +251,8 @@ class _Collector:
     def _write(self, index: int, table: pa.Table) -> None:
         target = self.targets[index]
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(TEMPORARY_PREFIX + target.name + TEMPORARY_SUFFIX)
-        pq.write_table(table, temporary)
-        os.replace(temporary, target)
+        with atomic_path(target) as temporary:
+            pq.write_table(table, temporary)
         self.done.add(index)
         self.summary.files_written += 1
         self.summary.stars += table.num_rows

@@ -25,6 +25,7 @@ from huggingface_hub.repocard import metadata_load
 
 from .feature_extraction_astro import StarTable
 from .inference import AstroPredictor
+from .io_utils import atomic_path, atomic_write_text
 from .observations import EVALUATION_INPUTS, EVALUATION_LABELS
 
 SPLITS = ("train", "validation", "test")
@@ -188,10 +189,9 @@ def plot_predictions(
                 )
                 axis.set_title(f"{name}: MAD-std {results[label][prefix + 'mad_std']:.3g}")
         figure.tight_layout()
-        temporary = path.with_name(path.stem + ".tmp.png")
-        figure.savefig(temporary, dpi=100)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
-    os.replace(temporary, path)
 
 
 def evaluate(
@@ -252,9 +252,7 @@ def evaluate(
         results[label] = entry
     paper_stars = [frame[has_xp].reset_index(drop=True) if frame is not None else None for frame in (test, model, xgb)]
     plot_predictions(*paper_stars, output / "predicted_vs_true.png", results)  # the stars of the table
-    temporary = output / "eval_results.json.tmp"
-    temporary.write_text(json.dumps(results, indent=2))
-    os.replace(temporary, output / "eval_results.json")
+    atomic_write_text(output / "eval_results.json", json.dumps(results, indent=2))
     return results
 
 

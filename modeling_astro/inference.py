@@ -386,7 +386,8 @@ class AstroPredictor:
             index = np.concatenate(indices)
             mean[index] = torch.cat(means).cpu().numpy()
             logvar[index] = torch.cat(logvars).cpu().numpy()
-        self._warn_empty_stars(mean[:, 0])
+        empty = np.flatnonzero(tensors["attention_mask"].sum(dim=1).numpy() == 0)
+        self._warn_empty_stars(mean, [empty])
         value, sigma = self.tokenizer.inverse_transform(mean, logvar, request_ids.cpu().numpy()[None, :])
         columns = {}
         for i, name in enumerate(request):

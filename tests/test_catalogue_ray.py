@@ -123,11 +123,16 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
+def model(tmp_path_factory, bulk) -> Path:
+    """A tiny random model with a tokenizer fitted on the bulk sample (as train.py fits it on its training stars)."""
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     AstroForObservationPrediction(tiny_config(context_length=16)).save_pretrained(folder)
-    AstroTokenizer(context_length=16).save_pretrained(folder)
+    tokenizer = AstroTokenizer(context_length=16)
+    chunks = [chunk for path in sorted(bulk.glob("Xp*")) for chunk in iter_bulk_inputs(path)]
+    names = [name for name in tokenizer.observation_names if name in chunks[0]]
+    tokenizer.fit({name: np.concatenate([np.asarray(chunk[name]) for chunk in chunks]) for name in names})
+    tokenizer.save_pretrained(folder)
     return folder
 
 
