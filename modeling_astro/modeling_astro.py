@@ -273,7 +273,7 @@ class AstroPreTrainedModel(PreTrainedModel):
         from safetensors import SafetensorError
 
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as error:
             raise OSError(
                 f"{weights}: the weights file is truncated or corrupt ({error}); download or save the checkpoint again."
@@ -286,15 +286,15 @@ class AstroPreTrainedModel(PreTrainedModel):
                 "hidden sizes or layer widths edited?); the load report above lists the parameters. Save the model "
                 "and its config together."
             ) from error
-        loaded = model[0] if isinstance(model, tuple) else model  # (model, loading_info) with output_loading_info
-        for name, tensor in (*loaded.named_parameters(), *loaded.named_buffers()):
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) with output_loading_info
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
             if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise ValueError(
                     f"{weights}: parameter {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}: the checkpoint "
                     "is broken (saved from a diverged run?); load an earlier checkpoint."
                 )
-        return model
+        return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as transformers does, with an `auto_map` that also names the bare model and the prediction head."""
