@@ -10,10 +10,14 @@ from modeling_astro.inference import AstroPredictor
 from modeling_astro.tasks import (
     LABELS_VIEW,
     SPECTRA_INPUTS,
+    build_index,
     contrastive_finetune,
     embed_stars,
     info_nce_loss,
+    load_index,
     retrieval_accuracy,
+    save_index,
+    search_index,
     top_k_similar,
 )
 
@@ -63,6 +67,63 @@ def test_bad_search_input():
         top_k_similar(np.ones((2, 3)), np.ones((3, 4)))
     with pytest.raises(ValueError, match="same stars"):
         retrieval_accuracy(np.ones((2, 3)), np.ones((3, 3)))
+
+
+def numpy_top_k(queries: np.ndarray, corpus: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float64 numpy, with a stable sort: ties go to the lower row."""
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+    similarity = q @ c.T
+    index = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(similarity, index, axis=1), index
+
+
+def test_exact_faiss_search_equals_brute_force_on_the_test_split(tiny_trained_checkpoint, tiny_survey):
+    test = datasets.load_dataset(str(tiny_survey), split="test").to_pandas()
+    test = test[test[list(SPECTRA_INPUTS)].notna().all(axis=1)].reset_index(drop=True)
+    predictor = AstroPredictor.from_pretrained(str(tiny_trained_checkpoint), device="cpu", batch_size=256)
+    vectors = embed_stars(predictor, test, SPECTRA_INPUTS)
+    assert len(vectors) > 200 and np.isfinite(vectors).all()
+    scores, index = top_k_similar(vectors[:100], vectors, k=10)
+    expected_scores, expected_index = numpy_top_k(vectors[:100].astype(np.float64), vectors.astype(np.float64), 10)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(index, expected_index)
+    assert np.all(index[:, 0] == np.arange(100)), "every star is its own nearest neighbour"
+
+
+def test_exact_search_on_a_simulated_set_with_nan_rows_and_self_exclusion():
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(500, 16)) + rng.normal(size=(1, 16))  # a common direction, as embeddings have
+    vectors[[7, 300]] = np.nan
+    scores, index = top_k_similar(vectors, vectors, k=8, chunk_size=64, exclude_self=True)
+    finite = np.flatnonzero(np.isfinite(vectors).all(axis=1))
+    similarity = numpy_top_k(vectors[finite], vectors[finite], 9)
+    expected_index = finite[similarity[1][:, 1:]]  # drop each star itself (its own best match)
+    np.testing.assert_array_equal(index[finite], expected_index)
+    np.testing.assert_allclose(scores[finite], similarity[0][:, 1:], rtol=1e-5)
+    assert np.all(index[[7, 300]] == -1) and np.isnan(scores[[7, 300]]).all()
+
+
+def test_index_saved_beside_the_embeddings_and_approximate_indexes(tmp_path):
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(40, 32))
+    corpus = np.repeat(centres, 50, axis=0) + 0.3 * rng.normal(size=(2000, 32))
+    queries = corpus[::20] + 0.05 * rng.normal(size=(100, 32))
+    _, exact = numpy_top_k(queries, corpus, 10)
+    dataset = build_index(corpus)
+    folder = save_index(dataset, tmp_path / "embeddings")
+    assert (folder / "embedding.faiss").is_file() and (folder / "dataset_info.json").is_file()
+    reloaded = load_index(folder)
+    assert reloaded.list_indexes() == ["embedding"] and len(reloaded) == 2000
+    np.testing.assert_array_equal(search_index(reloaded, queries, k=10)[1], exact)
+    for kind in ("hnsw", "IVF16,Flat"):
+        _, found = search_index(build_index(corpus, index=kind), queries, k=10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+        assert recall > 0.5, (kind, recall)
+    with pytest.raises(ValueError, match="neither 'exact'"):
+        build_index(corpus, index="NotAnIndex")
+    with pytest.raises(FileNotFoundError, match="no embedding.faiss"):
+        load_index(tmp_path)
 
 
 def test_info_nce_prefers_aligned_views():
@@ -117,3 +178,11 @@ def test_contrastive_needs_both_views(tiny_trained_checkpoint, stars):
     one_star = stars.iloc[:1]
     with pytest.raises(ValueError, match="at least 2 stars"):
         contrastive_finetune(predictor.model, predictor.tokenizer, one_star, steps=1, progress=False)
+
+
+def test_missing_faiss_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    with pytest.raises(ImportError, match=r"astro-foundation\[similarity\]"):
+        build_index(np.ones((3, 4)))

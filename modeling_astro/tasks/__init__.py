@@ -5,7 +5,8 @@
 - `inpainting`: BP -> RP, RP -> BP, and filling missing coefficients;
 - `loci`: Teff and colours over a (log g, [M/H]) grid;
 - `extinction`: A(lambda)/E(B-V) from spectra generated at several E(B-V);
-- `similarity`: per-star embeddings and top-k cosine search; `contrastive`: InfoNCE fine-tuning of two views;
+- `similarity`: per-star embeddings and top-k cosine search (FAISS through `datasets`: exact, HNSW or IVF-PQ);
+  `contrastive`: InfoNCE fine-tuning of two views;
 - `pipeline`: `AstroObservationPipeline`, registered as the transformers task "astro-observation-prediction".
 
 These modules need the repository's `dataset_builder` (GaiaXPy forward model, extinction law) and are not
@@ -33,7 +34,15 @@ from .labels import (
 )
 from .loci import LOCI_REQUEST, plot_loci, stellar_loci
 from .pipeline import AstroObservationPipeline
-from .similarity import embed_stars, retrieval_accuracy, top_k_similar
+from .similarity import (
+    build_index,
+    embed_stars,
+    load_index,
+    retrieval_accuracy,
+    save_index,
+    search_index,
+    top_k_similar,
+)
 from .spectra import (
     BP_NAMES,
     LABEL_INPUTS,
@@ -61,6 +70,7 @@ __all__ = [
     "XP_NAMES",
     "ExtinctionCurve",
     "SampledSpectra",
+    "build_index",
     "contrastive_finetune",
     "distance_from_fakemag",
     "embed_stars",
@@ -70,6 +80,7 @@ __all__ = [
     "gaia_sampling",
     "generate_spectra",
     "info_nce_loss",
+    "load_index",
     "injected_law",
     "inpaint_band",
     "max_relative_error",
@@ -81,6 +92,8 @@ __all__ = [
     "predict_labels",
     "retrieval_accuracy",
     "sample_xp",
+    "save_index",
+    "search_index",
     "select_inputs",
     "stellar_loci",
     "top_k_similar",

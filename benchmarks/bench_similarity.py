@@ -1,0 +1,180 @@
+"""Benchmark similarity search at catalogue scale: FAISS through `datasets` (`modeling_astro.tasks.similarity`),
+exact inner product (`IndexFlatIP`, brute force) against approximate indexes (HNSW by default, any FAISS factory
+string), on >= 1 M
+embedding vectors, all in the same run.
+
+Embeddings: `--base-stars` stars of the simulated survey's test split (XP coefficients, colours;
+`dataset_builder.default_data`) embedded by the paper-size model (`--config paper`, 128 dimensions, random weights:
+the structure of the embeddings comes from the stars' inputs), tiled to `--n-vectors` with Gaussian noise of
+`--noise` times each dimension's spread (every tile a slightly different star). Queries: `--n-queries` base stars
+with fresh noise. Reports per index the build seconds (normalisation, Arrow table, FAISS training and adding),
+queries/s, recall@k against the exact search, index size and the peak RSS; writes a recall-vs-speed PNG.
+
+Run: ``python benchmarks/bench_similarity.py [--n-vectors 1000000] [--indexes hnsw ivfpq] [--plot PATH]``; the
+last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import LABEL_NAMES, THREADS, XP_NAMES, machine_load, peak_rss_mb, setup_torch, stars  # noqa: E402
+
+from configuration_astro import AstroConfig  # noqa: E402
+from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro.inference import AstroPredictor  # noqa: E402
+from modeling_astro.tasks.similarity import build_index, save_index, search_index  # noqa: E402
+
+INPUTS = [*XP_NAMES, "bprp", "jh", "jk"]
+
+
+def base_embeddings(n_stars: int, config_name: str) -> np.ndarray:
+    """Embeddings of `n_stars` simulated-survey stars by a random-weight model of the chosen preset."""
+    setup_torch()
+    config = AstroConfig() if config_name == "paper" else AstroConfig.small()
+    model = AstroForObservationPrediction(config).eval()
+    observed = stars([*INPUTS, *LABEL_NAMES], n_stars)
+    tokenizer = AstroTokenizer().fit(observed)
+    predictor = AstroPredictor(model, tokenizer, device="cpu")
+    return predictor.embed({name: observed[name] for name in INPUTS}, progress=True)
+
+
+def tiled(base: np.ndarray, n_vectors: int, noise: float, seed: int) -> np.ndarray:
+    """`base` repeated to `n_vectors` rows plus Gaussian noise of `noise` x the per-dimension spread (float32)."""
+    rng = np.random.default_rng(seed)
+    spread = base.std(axis=0).astype(np.float32)
+    out = np.empty((n_vectors, base.shape[1]), dtype=np.float32)
+    for start in range(0, n_vectors, 100_000):
+        rows = np.arange(start, min(start + 100_000, n_vectors))
+        jitter = rng.standard_normal((len(rows), base.shape[1]), np.float32)
+        out[rows] = base[rows % len(base)] + noise * spread * jitter
+    return out
+
+
+def timed_search(dataset, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Neighbour rows of `queries` and the queries per second of the search (one warm-up query first)."""
+    search_index(dataset, queries[:1], k=k)
+    start = time.perf_counter()
+    _, rows = search_index(dataset, queries, k=k, chunk_size=512)
+    return rows, len(queries) / (time.perf_counter() - start)
+
+
+def index_bytes(dataset, folder: Path) -> int:
+    """Size of the FAISS index file written by `save_index` (the embeddings' Arrow files not counted)."""
+    return (save_index(dataset, folder) / "embedding.faiss").stat().st_size
+
+
+def plot(results: dict, path: Path, n_vectors: int, k: int) -> None:
+    """Recall@k against queries/s per index (log scale), saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for name, entry in results.items():
+        axis.scatter(entry["queries_per_s"], entry[f"recall_at_{k}"], s=60)
+        axis.annotate(f"{name}\nbuild {entry['build_s']:.0f} s", (entry["queries_per_s"], entry[f"recall_at_{k}"]))
+    axis.set(
+        xscale="log",
+        xlabel="queries / s",
+        ylabel=f"recall@{k} vs exact",
+        title=f"FAISS through datasets, {n_vectors:,} vectors, {THREADS} threads",
+    )
+    axis.set_ylim(min(0.5, min(e[f"recall_at_{k}"] for e in results.values()) - 0.05), 1.02)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.stem + ".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-vectors", type=int, default=1_000_000)
+    parser.add_argument("--n-queries", type=int, default=2000)
+    parser.add_argument("--base-stars", type=int, default=5000)
+    parser.add_argument("--config", choices=["small", "paper"], default="paper")
+    parser.add_argument("--noise", type=float, default=0.05, help="noise / per-dimension spread of the tiles")
+    parser.add_argument("--indexes", nargs="+", default=["hnsw"], help="approximate indexes to compare")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, default=Path("outputs/similarity.png"))
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    import faiss
+
+    faiss.omp_set_num_threads(THREADS)
+
+    started = time.perf_counter()
+    base = base_embeddings(args.base_stars, args.config)
+    base = base[np.isfinite(base).all(axis=1)]
+    embed_s = time.perf_counter() - started
+    corpus = tiled(base, args.n_vectors, args.noise, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    picked = base[rng.choice(len(base), args.n_queries, replace=len(base) < args.n_queries)]
+    queries = picked + args.noise * base.std(axis=0) * rng.standard_normal(picked.shape).astype(np.float32)
+
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in ["exact", *args.indexes]:
+            start = time.perf_counter()
+            dataset = build_index(corpus, index=name)
+            build_s = time.perf_counter() - start
+            rows, queries_per_s = timed_search(dataset, queries, args.k)
+            if name == "exact":
+                truth = rows
+            recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(rows, truth)]))
+            results[name] = {
+                "build_s": round(build_s, 1),
+                "queries_per_s": round(queries_per_s, 1),
+                f"recall_at_{args.k}": round(recall, 4),
+                "index_mb": round(index_bytes(dataset, Path(folder) / name) / 1e6, 1),
+                "peak_rss_mb_so_far": round(peak_rss_mb(), 1),
+            }
+            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+            del dataset
+    plot(results, args.plot, args.n_vectors, args.k)
+    best = max(args.indexes, key=lambda name: results[name]["queries_per_s"])
+    print(
+        json.dumps(
+            {
+                "benchmark": "similarity",
+                "n_vectors": args.n_vectors,
+                "dim": int(corpus.shape[1]),
+                "n_queries": args.n_queries,
+                "k": args.k,
+                "exact_build_s": results["exact"]["build_s"],
+                "exact_queries_per_s": results["exact"]["queries_per_s"],
+                "fastest_approximate": best,
+                "approximate_build_s": results[best]["build_s"],
+                "approximate_queries_per_s": results[best]["queries_per_s"],
+                f"approximate_recall_at_{args.k}": results[best][f"recall_at_{args.k}"],
+                "speedup": round(results[best]["queries_per_s"] / results["exact"]["queries_per_s"], 1),
+                "indexes": results,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "base_stars": len(base),
+                "embedding_s": round(embed_s, 1),
+                "config": args.config,
+                "noise": args.noise,
+                "faiss": faiss.__version__,
+                "plot": str(args.plot),
+                "threads": THREADS,
+                "load_average_1min": machine_load(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
