@@ -7,7 +7,7 @@ controls: (c) the matching variables alone, (d) simulated vs simulated (another 
 features that still separate, matched medians of a few coefficients and n_relevant_bases, a PNG, and a
 JSON line last. Targets (issue 17): AUC <= 0.65 on (a), <= 0.75 on (b).
 
-Run: ``python benchmarks/bench_realism.py [--n-stars 20000] [--seed 0] [--plot realism.png]``
+Run: ``python benchmarks/bench_realism.py [--n-stars 20000] [--seed 0] [--xp-model hermite|ridge] [--plot realism.png]``
 """
 
 from __future__ import annotations
@@ -75,14 +75,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-stars", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--xp-model", choices=("ridge", "hermite"), default="hermite")
     parser.add_argument("--real", type=Path, default=REAL_SAMPLE)
     parser.add_argument("--plot", type=Path, default=Path("outputs/realism.png"))
     args = parser.parse_args()
     real = read_flat_real_sample(args.real)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        files = simulate_survey(Path(tmp) / "a", n_stars=args.n_stars, seed=args.seed)
-        other = simulate_survey(Path(tmp) / "b", n_stars=args.n_stars, seed=args.seed + 1, progress=False)
+        files = simulate_survey(Path(tmp) / "a", n_stars=args.n_stars, seed=args.seed, xp_model=args.xp_model)
+        other = simulate_survey(
+            Path(tmp) / "b", n_stars=args.n_stars, seed=args.seed + 1, progress=False, xp_model=args.xp_model
+        )
         simulate_s = time.perf_counter() - start
         simulated = read_xp_files(files.xp_files)
         simulated_other = read_xp_files(other.xp_files)

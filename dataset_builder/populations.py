@@ -17,6 +17,8 @@ from .physics import StellarParameters
 POPULATIONS: tuple[str, ...] = ("rgb", "red_clump", "main_sequence")
 APOGEE_MIX = {"rgb": 0.52, "red_clump": 0.23, "main_sequence": 0.25}
 XP_ONLY_MIX = {"rgb": 0.30, "red_clump": 0.15, "main_sequence": 0.55}
+HOT_STAR_FRACTION = 0.06
+"""Fraction of XP-only stars that are hot (OBA) dwarfs in the realistic survey (APOGEE rarely labels them)."""
 APOGEE_FRACTION = 0.67
 """Fraction of stars that are APOGEE targets (the paper: ~2/3 of its training stars carry labels)."""
 
@@ -69,8 +71,22 @@ def _labels(rng: np.random.Generator, population: np.ndarray, m_h: np.ndarray) -
     return np.clip(teff, 3300, 7500), logg, mass
 
 
-def sample_stars(rng: np.random.Generator, n_stars: int) -> StarSample:
-    """Draw ``n_stars`` stars: populations, labels, abundances, extinction and unextincted G magnitude."""
+def _hot_stars(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """Teff [K], log g and mass [Msun] of hot (late O to A) main-sequence stars: Teff log-uniform 7,000-30,000 K."""
+    teff = np.exp(rng.uniform(np.log(7000.0), np.log(30000.0), n))
+    logg = np.clip(rng.normal(4.15, 0.12, n), 3.6, 4.4)
+    mass = (teff / 5772.0) ** 1.8
+    return teff, logg, mass
+
+
+def sample_stars(rng: np.random.Generator, n_stars: int, hot_star_fraction: float = 0.0) -> StarSample:
+    """Draw ``n_stars`` stars: populations, labels, abundances, extinction and unextincted G magnitude.
+
+    ``hot_star_fraction`` of the XP-only stars are hot OBA main-sequence stars (`HOT_STAR_FRACTION` is
+    the realistic value); with 0 no random number is drawn for them, so older samples are unchanged.
+    """
+    if not 0.0 <= hot_star_fraction <= 1.0:
+        raise ValueError(f"hot_star_fraction must be in [0, 1], got {hot_star_fraction}")
     is_apogee = rng.random(n_stars) < APOGEE_FRACTION
     population = np.empty(n_stars, dtype=object)
     for mask, mix in ((is_apogee, APOGEE_MIX), (~is_apogee, XP_ONLY_MIX)):
@@ -78,6 +94,12 @@ def sample_stars(rng: np.random.Generator, n_stars: int) -> StarSample:
     population = population.astype(str)
     m_h, alpha_m = _metallicity(rng, n_stars)
     teff, logg, mass = _labels(rng, population, m_h)
+    if hot_star_fraction > 0:
+        # their own generator: one draw here, none interleaved with the draws below
+        hot_rng = np.random.default_rng(rng.integers(0, 2**63))
+        hot = ~is_apogee & (hot_rng.random(n_stars) < hot_star_fraction)
+        population[hot] = "main_sequence"
+        teff[hot], logg[hot], mass[hot] = _hot_stars(hot_rng, int(hot.sum()))
     giant = population != "main_sequence"
     c_m = np.where(giant, -0.15 - 0.1 * (3 - logg).clip(0, None), 0.0) + rng.normal(0, 0.08, n_stars)
     stars = StellarParameters(
@@ -86,9 +108,7 @@ def sample_stars(rng: np.random.Generator, n_stars: int) -> StarSample:
         m_h=m_h,
         alpha_m=alpha_m,
         c_m=c_m,
-        microturbulence=np.clip(
-            np.where(giant, 1.9 - 0.25 * (logg - 2), 1.1) + rng.normal(0, 0.2, n_stars), 0.5, 3
-        ),
+        microturbulence=np.clip(np.where(giant, 1.9 - 0.25 * (logg - 2), 1.1) + rng.normal(0, 0.2, n_stars), 0.5, 3),
     )
     ebv = np.minimum(np.exp(rng.normal(-2.41, 1.75, n_stars)), 3.0)
     rv = np.clip(rng.normal(3.1, 0.2, n_stars), 2.4, 4.5)

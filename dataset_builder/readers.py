@@ -389,3 +389,67 @@ def read_extra(path: str | Path) -> pd.DataFrame:
     frame = _frame(path, raw, "source_id")
     _check_unique(path, frame["source_id"].to_numpy())
     return frame.astype({name: np.float32 for name in frame.columns if name != "source_id"})
+
+
+def _packed_correlations(path: Path, column: Any, name: str, source_id: np.ndarray) -> np.ndarray:
+    """An archive ``*_coefficient_correlations`` column -> (n, 1485) float64, NaN rows where it is empty."""
+    from .xp_errors import N_CORRELATIONS
+
+    out = np.full((len(source_id), N_CORRELATIONS), np.nan)
+    for row in range(len(source_id)):
+        cell = column[row]
+        if _is_missing_cell(cell):
+            continue
+        try:
+            values = (
+                _parse_array_string(cell)
+                if isinstance(cell, str)
+                else np.ma.filled(np.ma.asarray(cell, dtype=np.float64), np.nan).ravel()
+            )
+        except (ValueError, TypeError) as exc:
+            raise DatasetBuildError(
+                f"{path}: data row {row + 1} (source_id {source_id[row]}), column {name}: malformed array ({exc})"
+            ) from exc
+        if values.size == XP_LENGTH * XP_LENGTH:  # a full matrix (GaiaXPy's own outputs)
+            values = values.reshape(XP_LENGTH, XP_LENGTH)[np.tril_indices(XP_LENGTH, k=-1)]
+        if values.shape != (N_CORRELATIONS,):
+            raise DatasetBuildError(
+                f"{path}: data row {row + 1} (source_id {source_id[row]}), column {name}: "
+                f"expected {N_CORRELATIONS} packed correlations (the strict lower triangle of 55 x 55), "
+                f"found {values.size}"
+            )
+        out[row] = values
+    return out
+
+
+def read_xp_correlations(path: str | Path) -> dict[str, np.ndarray]:
+    """The archive-packed coefficient correlations of an XP_CONTINUOUS file (CSV, ECSV, FITS or VOTable).
+
+    Returns ``{"source_id": (n,), "bp": (n, 1485), "rp": (n, 1485)}`` in the file's row order (that of
+    `read_xp_continuous`), NaN rows where a band has no solution. The packing is the archive's (and
+    GaiaXPy's): the strict lower triangle row by row, (1,0), (2,0), (2,1), ... Raises `DatasetBuildError`
+    when a file has no correlation column or a cell is malformed.
+    """
+    path = Path(path)
+    columns = [f"{band}_coefficient_correlations" for band in ("bp", "rp")]
+    raw = _read_raw(path, ["source_id", *columns])
+    _require(path, raw, ["source_id", *columns])
+    source_id = _source_ids(path, raw["source_id"])
+    out: dict[str, np.ndarray] = {"source_id": source_id}
+    for band, column in zip(("bp", "rp"), columns):
+        out[band] = _packed_correlations(path, raw[column], column, source_id)
+    return out
+
+
+def xp_covariance(errors: np.ndarray, packed_correlations: np.ndarray) -> np.ndarray:
+    """Covariance (..., 55, 55) of XP coefficients from their errors (..., 55) and packed correlations (..., 1485).
+
+    Units are those of ``errors`` squared, so G-normalised errors (divided by f_G) give the G-normalised
+    covariance, and NaN errors beyond ``n_relevant_bases`` give NaN rows and columns (the truncation).
+    Equals GaiaXPy's ``get_covariance_matrix(row) * standard_deviation**2`` (GaiaXPy keeps the covariance
+    in units of the fit's standard deviation).
+    """
+    from .xp_errors import packed_to_matrix
+
+    errors = np.asarray(errors, dtype=np.float64)
+    return errors[..., :, None] * packed_to_matrix(packed_correlations) * errors[..., None, :]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import xp_errors
 from .physics import (
     ExtinctionLaw,
     StellarParameters,
@@ -36,8 +37,9 @@ from .physics import (
     stellar_radius,
     wavelength_grid,
 )
-from .populations import StarSample, sample_stars
+from .populations import HOT_STAR_FRACTION, StarSample, sample_stars
 from .schema import XP_LENGTH
+from .xp_forward import XPForwardModel
 from .xp_projection import XPProjector
 
 G_FLUX_ZERO_POINT = 25.6873668671
@@ -45,6 +47,10 @@ G_FLUX_ZERO_POINT = 25.6873668671
 SOLUTION_ID = 4545469030156206080
 BASIS_FUNCTION_ID = {"bp": 56, "rp": 57}
 N_CORRELATIONS = XP_LENGTH * (XP_LENGTH - 1) // 2
+XP_MODELS: tuple[str, ...] = ("ridge", "hermite")
+"""``ridge``: ridge projection of the flux onto GaiaXPy's calibrated bases, G-tied errors, no correlations
+(simulator v1); ``hermite``: the instrument's forward model (`xp_forward`), DR3 errors, correlated noise,
+the archive's n_relevant_bases (`xp_errors`) and hot OBA stars."""
 TWOMASS_SENTINEL = 99.999
 ASPCAP_M_H_BAD = 1 << 19
 ASPCAP_STAR_BAD = 1 << 23
@@ -64,12 +70,12 @@ class SimulatedSurveyFiles:
 class _Instrument:
     """The precomputed forward model: surface flux, extinction, photometry and XP projection on one grid."""
 
-    def __init__(self) -> None:
+    def __init__(self, xp_model: str = "ridge") -> None:
         wavelength = wavelength_grid()
         self.surface_flux = SurfaceFluxModel(wavelength)
         self.extinction = ExtinctionLaw(wavelength)
         self.photometry = SyntheticPhotometry(wavelength)
-        self.xp = XPProjector(wavelength)
+        self.xp = XPForwardModel(wavelength) if xp_model == "hermite" else XPProjector(wavelength)
 
     def observe(self, sample: StarSample, index: np.ndarray) -> dict[str, np.ndarray]:
         """Noise-free magnitudes, distance and XP coefficients of the stars ``index`` of ``sample``."""
@@ -117,9 +123,7 @@ TWOMASS_LIMITS = {"J": 16.8, "H": 16.2, "K": 15.6}
 """Approximate 2MASS faint limits; fainter simulated magnitudes are non-detections (99.999)."""
 
 
-def _gaia_source(
-    rng: np.random.Generator, sample: StarSample, obs: dict[str, np.ndarray], source_id: np.ndarray
-):
+def _gaia_source(rng: np.random.Generator, sample: StarSample, obs: dict[str, np.ndarray], source_id: np.ndarray):
     from zero_point import zpt
 
     n = len(source_id)
@@ -154,9 +158,7 @@ def _gaia_source(
         "bp_rp": (bp_obs - rp_obs).astype(np.float32),
         "parallax": parallax,
         "parallax_error": parallax_error.astype(np.float32),
-        "ruwe": np.exp(rng.normal(0.0, 0.12, n) + (rng.random(n) < 0.05) * rng.exponential(0.5, n)).astype(
-            np.float32
-        ),
+        "ruwe": np.exp(rng.normal(0.0, 0.12, n) + (rng.random(n) < 0.05) * rng.exponential(0.5, n)).astype(np.float32),
         "phot_bp_rp_excess_factor": (
             1.18 + 0.03 * bp_rp_true + np.abs(noise(0.01)) + (rng.random(n) < 0.005) * 1.5
         ).astype(np.float32),
@@ -171,19 +173,15 @@ def _gaia_source(
         sigma = _twomass_error(rng, obs[f"mag_{band}"], floor, slope)
         mag = obs[f"mag_{band}"] + rng.normal(0, 1, n) * sigma
         detected = obs[f"mag_{band}"] < TWOMASS_LIMITS[band]
-        columns[f"{name}_m"] = np.where(matched, np.where(detected, mag, TWOMASS_SENTINEL), np.nan).astype(
+        columns[f"{name}_m"] = np.where(matched, np.where(detected, mag, TWOMASS_SENTINEL), np.nan).astype(np.float32)
+        columns[f"{name}_msigcom"] = np.where(matched, np.where(detected, sigma, TWOMASS_SENTINEL), np.nan).astype(
             np.float32
         )
-        columns[f"{name}_msigcom"] = np.where(
-            matched, np.where(detected, sigma, TWOMASS_SENTINEL), np.nan
-        ).astype(np.float32)
     columns["ebv"] = np.maximum(sample.ebv * np.exp(noise(0.15)) + noise(0.01), 0.0).astype(np.float32)
     return columns
 
 
-def _allstar(
-    rng: np.random.Generator, sample: StarSample, gaia: dict[str, np.ndarray], source_id: np.ndarray
-):
+def _allstar(rng: np.random.Generator, sample: StarSample, gaia: dict[str, np.ndarray], source_id: np.ndarray):
     """APOGEE DR17 allStar-like rows for APOGEE targets with H < 12.2 (plus ~1% repeat observations)."""
     h = gaia["h_m"]
     selected = np.flatnonzero(sample.is_apogee_target & (h < 12.2))
@@ -223,8 +221,20 @@ def _write_fits(path: Path, columns: dict[str, np.ndarray]) -> None:
         Table(columns).write(path, format="fits")
 
 
-def _xp_hdu(rng: np.random.Generator, source_id: np.ndarray, coefficients: dict, errors: dict, missing: dict):
-    """A BinTableHDU in the archive's XP_CONTINUOUS schema (variable-length arrays; empty = no solution)."""
+def _xp_hdu(
+    rng: np.random.Generator,
+    source_id: np.ndarray,
+    coefficients: dict,
+    errors: dict,
+    missing: dict,
+    correlations: dict | None = None,
+    relevant: dict | None = None,
+):
+    """A BinTableHDU in the archive's XP_CONTINUOUS schema (variable-length arrays; empty = no solution).
+
+    ``correlations`` {band: (n, 1485)} packed as the archive packs them (zeros when None); ``relevant``
+    {band: (n,)} n_relevant_bases (the v1 3-sigma rule when None).
+    """
     from astropy.io import fits
 
     n = len(source_id)
@@ -248,11 +258,10 @@ def _xp_hdu(rng: np.random.Generator, source_id: np.ndarray, coefficients: dict,
             return np.where(absent, np.nan, values).astype(np.float32)
 
         def arrays(matrix, dtype, absent=absent):
-            return [
-                np.array([], dtype=dtype) if skip else row.astype(dtype) for row, skip in zip(matrix, absent)
-            ]
+            return [np.array([], dtype=dtype) if skip else row.astype(dtype) for row, skip in zip(matrix, absent)]
 
-        relevant = _n_relevant_bases(coefficients[band], errors[band])
+        band_relevant = _n_relevant_bases(coefficients[band], errors[band]) if relevant is None else relevant[band]
+        band_correlations = np.broadcast_to(zeros, (n, N_CORRELATIONS)) if correlations is None else correlations[band]
         columns += [
             fits.Column(
                 name=f"{band}_basis_function_id",
@@ -261,13 +270,9 @@ def _xp_hdu(rng: np.random.Generator, source_id: np.ndarray, coefficients: dict,
                 array=ints(np.full(n, BASIS_FUNCTION_ID[band])),
             ),
             fits.Column(name=f"{band}_degrees_of_freedom", format="I", null=int_null, array=ints(dof)),
-            fits.Column(
-                name=f"{band}_n_parameters", format="I", null=int_null, array=ints(np.full(n, XP_LENGTH))
-            ),
+            fits.Column(name=f"{band}_n_parameters", format="I", null=int_null, array=ints(np.full(n, XP_LENGTH))),
             fits.Column(name=f"{band}_n_measurements", format="I", null=int_null, array=ints(n_measurements)),
-            fits.Column(
-                name=f"{band}_n_rejected_measurements", format="I", null=int_null, array=ints(n_rejected)
-            ),
+            fits.Column(name=f"{band}_n_rejected_measurements", format="I", null=int_null, array=ints(n_rejected)),
             fits.Column(name=f"{band}_standard_deviation", format="E", array=floats(std)),
             fits.Column(name=f"{band}_chi_squared", format="E", array=floats(std**2 * dof)),
             fits.Column(
@@ -283,9 +288,9 @@ def _xp_hdu(rng: np.random.Generator, source_id: np.ndarray, coefficients: dict,
             fits.Column(
                 name=f"{band}_coefficient_correlations",
                 format=f"PE({N_CORRELATIONS})",
-                array=[np.array([], dtype=np.float32) if skip else zeros for skip in absent],
+                array=arrays(band_correlations, np.float32),
             ),
-            fits.Column(name=f"{band}_n_relevant_bases", format="I", null=int_null, array=ints(relevant)),
+            fits.Column(name=f"{band}_n_relevant_bases", format="I", null=int_null, array=ints(band_relevant)),
             fits.Column(
                 name=f"{band}_relative_shrinking",
                 format="E",
@@ -307,6 +312,8 @@ def simulate_survey(
     xp_rows_per_file: int = 10_000,
     missing_band_fraction: float = 0.005,
     progress: bool = True,
+    xp_model: str = "ridge",
+    hot_star_fraction: float | None = None,
 ) -> SimulatedSurveyFiles:
     """Simulate a cross-survey catalogue and write it to ``out_dir`` (created atomically).
 
@@ -317,6 +324,10 @@ def simulate_survey(
         xp_rows_per_file: rows per XP_CONTINUOUS file (the archive delivers chunked files).
         missing_band_fraction: fraction of sources with an empty BP (and, separately, RP) solution.
         progress: show a tqdm progress bar.
+        xp_model: ``"ridge"`` (simulator v1) or ``"hermite"`` (the instrument's forward model with DR3 errors,
+            correlations and n_relevant_bases); see `XP_MODELS`.
+        hot_star_fraction: fraction of XP-only stars that are hot OBA dwarfs; default 0 for ``ridge``,
+            `populations.HOT_STAR_FRACTION` for ``hermite``.
 
     Returns:
         SimulatedSurveyFiles with the paths of the XP files, gaia_source, allStar and truth table.
@@ -326,23 +337,32 @@ def simulate_survey(
         raise FileExistsError(f"{out_dir} already exists and is not empty; choose a new folder or delete it")
     if n_stars < 1:
         raise ValueError(f"n_stars must be positive, got {n_stars}")
+    if xp_model not in XP_MODELS:
+        raise ValueError(f"xp_model must be one of {XP_MODELS}, got {xp_model!r}")
+    if hot_star_fraction is None:
+        hot_star_fraction = HOT_STAR_FRACTION if xp_model == "hermite" else 0.0
     rng = np.random.default_rng(seed)
-    sample = sample_stars(rng, n_stars)
+    sample = sample_stars(rng, n_stars, hot_star_fraction=hot_star_fraction)
     source_id = _source_ids(rng, n_stars)
-    instrument = _Instrument()
+    instrument = _Instrument(xp_model)
     batches = [np.arange(start, min(start + _BATCH, n_stars)) for start in range(0, n_stars, _BATCH)]
     parts = [
-        instrument.observe(sample, index)
-        for index in tqdm(batches, desc="simulating spectra", disable=not progress)
+        instrument.observe(sample, index) for index in tqdm(batches, desc="simulating spectra", disable=not progress)
     ]
     obs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     gaia = _gaia_source(rng, sample, obs, source_id)
     g_flux = 10 ** ((G_FLUX_ZERO_POINT - obs["mag_G"]) / 2.5)
-    coefficients, errors, missing = {}, {}, {}
+    coefficients, errors, missing, correlations, relevant = {}, {}, {}, {}, {}
     for band in ("bp", "rp"):
-        errors[band] = _xp_errors(rng, obs[f"{band}_coefficients"], g_flux)
-        coefficients[band] = obs[f"{band}_coefficients"] + rng.normal(0, 1, errors[band].shape) * errors[band]
+        if xp_model == "hermite":
+            errors[band] = xp_errors.dr3_errors(rng, band, obs[f"{band}_coefficients"][:, 0])
+            noise, correlations[band] = xp_errors.correlated_noise(rng, band, errors[band])
+            coefficients[band] = obs[f"{band}_coefficients"] + noise
+            relevant[band] = xp_errors.n_relevant_bases(coefficients[band], errors[band])
+        else:
+            errors[band] = _xp_errors(rng, obs[f"{band}_coefficients"], g_flux)
+            coefficients[band] = obs[f"{band}_coefficients"] + rng.normal(0, 1, errors[band].shape) * errors[band]
         missing[band] = rng.random(n_stars) < missing_band_fraction * (1 + 3 * (obs["mag_G"] > 16.5))
     missing["rp"] &= ~missing["bp"]
     allstar = _allstar(rng, sample, gaia, source_id)
@@ -365,8 +385,7 @@ def simulate_survey(
         "true_is_giant": (sample.population != "main_sequence").astype(np.float32),
     }
     truth = {
-        name: np.asarray(values, dtype=np.float32) if name != "source_id" else values
-        for name, values in truth.items()
+        name: np.asarray(values, dtype=np.float32) if name != "source_id" else values for name, values in truth.items()
     }
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -383,6 +402,8 @@ def simulate_survey(
                 {band: values[rows] for band, values in coefficients.items()},
                 {band: values[rows] for band, values in errors.items()},
                 {band: values[rows] for band, values in missing.items()},
+                {band: values[rows] for band, values in correlations.items()} if correlations else None,
+                {band: values[rows] for band, values in relevant.items()} if relevant else None,
             )
             name = Path("xp_continuous") / f"XP_CONTINUOUS_{k:03d}.fits"
             hdu.writeto(staging / name)
