@@ -37,12 +37,11 @@ from configuration_astro import AstroConfig
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import (
-    EVALUATION_INPUTS,
-    EVALUATION_LABELS,
     evaluate,
     format_table,
     load_split_tables,
 )
+from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
 
 REPO_ROOT = Path(__file__).resolve().parent
 MODEL_PRESETS = {
@@ -58,8 +57,6 @@ MODEL_PRESETS = {
     "small": AstroConfig.small,
     "paper": AstroConfig,
 }
-LABEL_PROMPT = (*EVALUATION_LABELS, "logebv")  # the inputs of labels -> spectra
-LOCI_PROMPT = ("logg", "m_h", "logebv")  # the inputs of the stellar loci: Teff and colours from log g and [M/H]
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 CHECKPOINTS = "checkpoints"
 PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
@@ -156,8 +153,8 @@ class TrainArguments:
     num_threads: int = field(
         default=0,
         metadata={
-            "help": "CPU threads per process; 0 = the cores per process minus the machine's current load (at "
-            "least 1): on a shared CPU, oversubscribed threads make torch several times slower."
+            "help": "CPU threads per process; 0 = the cores this process may run on (os.sched_getaffinity) "
+            "divided among the processes of this machine (at least 1)."
         },
     )
     mixed_precision: str = field(
@@ -196,11 +193,18 @@ def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
         ) from error
 
 
-def cpu_threads(num_processes: int) -> int:
-    """Threads per process: this process's share of the cores, minus the cores other programs keep busy."""
-    cores = (os.cpu_count() or 1) // max(num_processes, 1)
-    busy_cores = math.floor(os.getloadavg()[0] / max(num_processes, 1))  # a lightly loaded core still counts
-    return max(1, min(cores, cores - busy_cores))
+def available_cores() -> int:
+    """The cores this process may run on: its CPU set (`os.sched_getaffinity`: a container's or `taskset`'s)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_threads(local_processes: int) -> int:
+    """Threads per process: the available cores shared equally by the processes of this machine (at least 1).
+
+    Not reduced by the machine's load: a load heuristic silently halved runs whose own data simulation had just
+    raised the load average.
+    """
+    return max(1, available_cores() // max(local_processes, 1))
 
 
 def epoch_batch(step: int, num_stars: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -338,6 +342,7 @@ def validation_loss(model, collator, values, errors, batch_size: int, seed: int)
             values[start : start + batch_size], errors[start : start + batch_size], generator
         )
         valid = int((batch["request_ids"] != 0).sum())
+        batch = {key: value.to(model.device) for key, value in batch.items()}
         total += float(model(**batch).loss) * valid
         count += valid
     model.train()
@@ -363,8 +368,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.push_to_hub and not args.hub_model_id:
         raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
     set_seed(args.seed)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))  # processes on this machine
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.num_threads or cpu_threads(accelerator.num_processes))
+        torch.set_num_threads(args.num_threads or cpu_threads(local_processes))
+    accelerator.print(
+        f"{num_processes} process(es) on {accelerator.device.type}, {torch.get_num_threads()} CPU thread(s) each "
+        f"({available_cores()} cores available to this process)."
+    )
 
     # Data: the tokenizer is fitted on the training split; stars are encoded once into dense tensors.
     dataset_dir, splits = load_splits(data_args.dataset_dir)
@@ -434,6 +444,7 @@ def main(argv: list[str] | None = None) -> Path:
         initial=start_step, total=max_steps, desc="training", disable=not accelerator.is_local_main_process
     )
     started, window_start, window_stars, done = time.perf_counter(), time.perf_counter(), 0, start_step
+    steps_per_s, planned_steps = None, max_steps
     while max_steps is None or done < max_steps:
         step = done
         stars = epoch_batch(step, len(train_values), args.batch_size, args.seed)
@@ -472,6 +483,8 @@ def main(argv: list[str] | None = None) -> Path:
             )
         done = step + 1
         progress.update()
+        if done - start_step == PLAN_STEPS:
+            steps_per_s = PLAN_STEPS / (time.perf_counter() - started)
         if not args.max_steps and (done - start_step) % PLAN_STEPS == 0:  # fit the cosine into the time left
             max_steps = plan_steps(
                 accelerator, done, done - start_step, time.perf_counter() - started, args.max_train_minutes
@@ -479,6 +492,11 @@ def main(argv: list[str] | None = None) -> Path:
             if not args.restart_steps:  # one cosine cycle; kept ahead of the step count so it never restarts
                 scheduler.T_0 = scheduler.T_i = max(max_steps, done + PLAN_STEPS + 1)
             progress.total = max_steps
+        if done - start_step == PLAN_STEPS:
+            planned_steps = max_steps
+            accelerator.print(
+                f"Measured {steps_per_s:.2f} steps/s over the first {PLAN_STEPS} steps; {planned_steps} steps planned."
+            )
         if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == max_steps:
             now = time.perf_counter()
             record = {
@@ -513,9 +531,30 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Final model folder: model + tokenizer + collator code, evaluation and model card.
     if accelerator.is_main_process:
-        run_info = {"dataset_dir": dataset_dir, "num_processes": num_processes, "final_step": done}
+        seconds = time.perf_counter() - started
+        run_info = {
+            "dataset_dir": dataset_dir,
+            "num_processes": num_processes,
+            "num_threads": torch.get_num_threads(),
+            "available_cores": available_cores(),
+            "steps_per_s_first_steps": None if steps_per_s is None else round(steps_per_s, 3),
+            "steps_per_s": round((done - start_step) / seconds, 3),
+            "planned_steps": planned_steps,
+            "final_step": done,
+            "train_seconds": round(seconds, 1),
+        }
         save_final(accelerator.unwrap_model(model), tokenizer, output_dir, args, run_info)
-        results = evaluate(str(output_dir), dataset_dir, str(output_dir)) if args.do_eval else None
+        results = (
+            evaluate(
+                str(output_dir),
+                dataset_dir,
+                str(output_dir),
+                predictor_kwargs={"device": accelerator.device},
+                training={key: value for key, value in run_info.items() if key != "dataset_dir"},
+            )
+            if args.do_eval
+            else None
+        )
         if results is not None:
             print(format_table(results))
         write_model_card(output_dir, results, args, model_args, run_info)
@@ -576,7 +615,8 @@ def write_model_card(
             f"{args.num_targets} targets per star per step, label target fraction "
             f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
             f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
-            f"extinction), seed {args.seed}"
+            f"extinction), seed {args.seed}; {run_info['num_processes']} process(es) x {run_info['num_threads']} "
+            f"CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} steps planned"
         ),
         evaluation_table=format_table(results, markdown=True)
         if results is not None

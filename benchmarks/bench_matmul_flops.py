@@ -9,50 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import THREADS, machine_load, setup_torch  # noqa: E402
-
-#: (rows, inner, columns) shaped like the model's largest layers: a batch of request tokens through the MLP.
-SHAPE = (4096, 1024, 1536)
-
-
-def dense_matmul_gflops(dtype: torch.dtype, repeats: int = 15) -> float:
-    """
-    GFLOP/s of a `SHAPE` matmul in `dtype` on the CPU with the benchmark thread count: the faster (median of
-    `repeats` each) of ATen's matmul and oneDNN's linear with a pre-packed weight, which is what the frozen
-    `torch.compile` graphs run. The two can differ 2x: on AMD CPUs MKL's fp32 GEMM behind ATen takes a slow path.
-    """
-    return max(matmul_gflops_by_method(dtype, repeats).values())
-
-
-def matmul_gflops_by_method(dtype: torch.dtype, repeats: int = 15) -> dict[str, float]:
-    """Median GFLOP/s of a `SHAPE` matmul through ATen (`a @ b`) and, where available, oneDNN's packed linear."""
-    setup_torch()
-    rows, inner, columns = SHAPE
-    a, weight = torch.randn(rows, inner, dtype=dtype), torch.randn(columns, inner, dtype=dtype)
-    methods = {"aten": lambda: a @ weight.T}
-    if torch.backends.mkldnn.is_available():
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-        methods["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
-    rates = {}
-    with torch.inference_mode():
-        for name, matmul in methods.items():
-            for _ in range(3):
-                matmul()
-            seconds = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                matmul()
-                seconds.append(time.perf_counter() - start)
-            rates[name] = round(2 * rows * inner * columns / float(np.median(seconds)) / 1e9, 1)
-    return rates
+from common import SHAPE, THREADS, cpu_description, machine_load, matmul_gflops_by_method  # noqa: E402
 
 
 def main() -> None:
@@ -72,6 +35,7 @@ def main() -> None:
         "shape": SHAPE,
         "threads": THREADS,
         "load_average_1min": machine_load(),
+        "cpu": cpu_description(),
     }
     print(json.dumps(result))
 

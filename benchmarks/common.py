@@ -28,7 +28,6 @@ from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa
 
 THREADS = 2
 FAST_PATHS = ("fast_fp32", "fast_bf16", "compiled_fp32", "compiled_bf16")  # AstroPredictor: eager / torch.compile
-XP_NAMES = [f"bp{i}" for i in range(55)] + [f"rp{i}" for i in range(55)]
 LABEL_NAMES = ["teff", "logg", "m_h", "logebv"]
 
 
@@ -85,12 +84,11 @@ def naive_predict(
         inputs = tokenizer(batch, padding="max_length", return_tensors="np")
         input_ids = torch.from_numpy(inputs["input_ids"])
         attention_mask = torch.from_numpy(inputs["attention_mask"])
-        states, _ = model.astro.encode(input_ids, torch.from_numpy(inputs["input_values"]), attention_mask)
+        states, _ = model.encode(input_ids, torch.from_numpy(inputs["input_values"]), attention_mask)
         columns_mean, columns_sigma = [], []
         for name in request:
             request_ids = tokenizer.encode_requests([name], batch_size=len(input_ids))
-            decoded, _ = model.astro.decode(request_ids, states, attention_mask)
-            mean, logvar = model.head(decoded)
+            mean, logvar, _ = model.predict_from_encoding(request_ids, states, attention_mask)
             value, sigma = tokenizer.inverse_transform(mean.numpy(), logvar.numpy(), request_ids.numpy())
             columns_mean.append(value[:, 0])
             columns_sigma.append(sigma[:, 0])
@@ -136,6 +134,60 @@ def run_phase(script: str, phase: str, *args: str) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"{Path(script).name} phase {phase!r} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+#: (rows, inner, columns) shaped like the model's largest layers: a batch of request tokens through the MLP.
+SHAPE = (4096, 1024, 1536)
+
+
+def dense_matmul_gflops(dtype: torch.dtype, repeats: int = 15) -> float:
+    """
+    GFLOP/s of a `SHAPE` matmul in `dtype` on the CPU with the benchmark thread count: the faster (median of
+    `repeats` each) of ATen's matmul and oneDNN's linear with a pre-packed weight, which is what the frozen
+    `torch.compile` graphs run. The two can differ 2x: on AMD CPUs MKL's fp32 GEMM behind ATen takes a slow path.
+    """
+    return max(matmul_gflops_by_method(dtype, repeats).values())
+
+
+def matmul_gflops_by_method(dtype: torch.dtype, repeats: int = 15) -> dict[str, float]:
+    """Median GFLOP/s of a `SHAPE` matmul through ATen (`a @ b`) and, where available, oneDNN's packed linear."""
+    setup_torch()
+    rows, inner, columns = SHAPE
+    a, weight = torch.randn(rows, inner, dtype=dtype), torch.randn(columns, inner, dtype=dtype)
+    methods = {"aten": lambda: a @ weight.T}
+    if torch.backends.mkldnn.is_available():
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        except RuntimeError:  # e.g. bf16 without avx512bw/vl/dq or avx_ne_convert: oneDNN has no packed path
+            packed = None
+        if packed is not None:
+            methods["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    rates = {}
+    with torch.inference_mode():
+        for name, matmul in methods.items():
+            for _ in range(3):
+                matmul()
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                matmul()
+                seconds.append(time.perf_counter() - start)
+            rates[name] = round(2 * rows * inner * columns / float(np.median(seconds)) / 1e9, 1)
+    return rates
+
+
+
+def cpu_description() -> dict:
+    """The CPU the figures were measured on: `lscpu`'s model name and the instruction-set flags that pick paths."""
+    model, flags = "unknown", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+    return {"model_name": model, "flags": [flag for flag in wanted if flag in flags], "torch": torch.__version__}
 
 
 def machine_load() -> float:
@@ -217,6 +269,7 @@ def inference_benchmark(
         "inputs": "simulated survey" if _has_default_data() else "random standardised values",
         "threads": THREADS,
         "load_average_1min": machine_load(),
+        "cpu": cpu_description(),
     }
     print(json.dumps(result))
 
@@ -240,7 +293,6 @@ def _measure_phase(args, input_names: Sequence[str], request: Sequence[str]) -> 
     One path, timed in this process: median stars/s over the repeats, the median dense-matmul rate of its dtype
     measured after each timed run, peak RSS; predictions saved.
     """
-    from bench_matmul_flops import dense_matmul_gflops
 
     dtype = torch.bfloat16 if args.phase.endswith("bf16") else torch.float32
     model, tokenizer = paper_model()

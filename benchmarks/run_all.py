@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import cpu_description  # noqa: E402
 
 
 def discover() -> dict[str, Path]:
@@ -29,7 +32,7 @@ def run(script: Path) -> dict:
     if result.returncode != 0 or not lines:
         return {"benchmark": script.stem, "error": result.stderr[-2000:], "wall_s": seconds}
     try:
-        return {**json.loads(lines[-1]), "wall_s": seconds}
+        return {**json.loads(lines[-1]), "wall_s": seconds, "cpu": cpu_description()}
     except json.JSONDecodeError:
         return {
             "benchmark": script.stem,
@@ -53,7 +56,7 @@ def main() -> None:
         results.append(run(scripts[name]))
         print(json.dumps(results[-1]), flush=True)
     failed = [r["benchmark"] for r in results if "error" in r]
-    print(json.dumps({"benchmark": "run_all", "results": results, "failed": failed}))
+    print(json.dumps({"benchmark": "run_all", "cpu": cpu_description(), "results": results, "failed": failed}))
     sys.exit(1 if failed else 0)
 
 

@@ -12,10 +12,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from modeling_astro.observations import G_FLUX_ZERO_POINT
+
 from .schema import XP_LENGTH
 
-G_FLUX_ZERO_POINT = 25.6873668671
-"""f_G = 10**((G_FLUX_ZERO_POINT - G) / 2.5), the Gaia DR3 G-band flux in e-/s."""
 MAG_PER_LN_FLUX = 2.5 / np.log(10.0)
 RELEVANCY_SOURCE_INDEX = 51
 """The paper copies the relevancy of coefficient 51 to coefficients 52-54."""

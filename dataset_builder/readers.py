@@ -4,10 +4,14 @@ Every reader returns plain numpy/pandas data with NaN for missing values and rai
 `DatasetBuildError` naming the file and the problem (unreadable or truncated file, missing
 column, malformed array, duplicate source_id).
 
-Formats are chosen by file extension (a trailing ``.gz`` is allowed):
+Formats are recognised by content first (gzip is detected by its magic bytes, then an ECSV header
+``# %ECSV``, a FITS ``SIMPLE`` card, a VOTable or a parquet ``PAR1`` magic), so that the Gaia archive's
+bulk files -- ECSV, gzipped, named ``XpContinuousMeanSpectrum_*.csv.gz`` -- read as ECSV; otherwise
+by file extension (a trailing ``.gz`` is allowed):
 
-- ``.csv``: read with pandas (only the needed columns; Gaia's bracketed array strings such as
-  ``"(1.0, 2.0, ...)"`` or ``"[1.0, 2.0, ...]"`` are parsed here);
+- ``.csv``: read with pandas (only the needed columns; the delimiter -- ``,``, ``;``, tab or ``|`` -- is
+  sniffed from the header line; ``null``/``NULL``/empty cells are missing; Gaia's bracketed array
+  strings such as ``"(1.0, 2.0, ...)"`` or ``"[1.0, 2.0, ...]"`` are parsed here);
 - ``.ecsv``, ``.fits``/``.fit``/``.fts``, ``.xml``/``.vot``/``.votable`` (binary or plain
   TABLEDATA): read with ``astropy.table.Table.read``;
 - ``.parquet``: read with pandas (convenient for ``--extra`` truth tables).
@@ -15,6 +19,7 @@ Formats are chosen by file extension (a trailing ``.gz`` is allowed):
 
 from __future__ import annotations
 
+import gzip
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -76,6 +81,8 @@ _ASTROPY_FORMATS = {
     ".votable": "votable",
 }
 _PARQUET_SUFFIXES = {".parquet"}
+_GZIP_MAGIC = b"\x1f\x8b"
+_CSV_DELIMITERS = (",", ";", "\t", "|")
 
 
 @dataclass(frozen=True)
@@ -109,24 +116,64 @@ def _suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _head(path: Path, size: int = 65536) -> tuple[bytes, bool]:
+    """The first `size` bytes of the file's content (decompressed when it is gzipped) and whether it is."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        return f.read(size), gzipped
+
+
+def _sniff_suffix(path: Path, head: bytes) -> str | None:
+    """The format suffix the content shows, or None when only the extension can tell."""
+    start = head.lstrip()
+    if start.startswith(b"# %ECSV"):
+        return ".ecsv"
+    if head.startswith(b"SIMPLE  ="):
+        return ".fits"
+    if head.startswith(b"PAR1"):
+        return ".parquet"
+    if start.startswith(b"<?xml") or start.startswith(b"<VOTABLE"):
+        return ".xml" if b"<VOTABLE" in head else None
+    return None
+
+
+def _csv_delimiter(head: bytes) -> str:
+    """The delimiter of a CSV file: the candidate most frequent in its header line (comment lines skipped)."""
+    for line in head.decode("utf-8", errors="replace").splitlines():
+        if line.strip() and not line.startswith("#"):
+            counts = {delimiter: line.count(delimiter) for delimiter in _CSV_DELIMITERS}
+            best = max(counts, key=counts.get)
+            return best if counts[best] else ","
+    return ","
+
+
 def _read_raw(path: Path, wanted: Sequence[str] | None) -> dict[str, Any]:
     """Read the columns in ``wanted`` that the file has (all columns if None); {name: column-like}."""
     if not path.is_file():
         raise DatasetBuildError(f"{path}: no such file")
     suffix = _suffix(path)
     try:
+        head, gzipped = _head(path)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetBuildError(
+            f"{path}: cannot be decompressed ({type(exc).__name__}: {exc}); the file may be truncated or "
+            "damaged, download it again"
+        ) from exc
+    suffix = _sniff_suffix(path, head) or suffix
+    try:
         if suffix in _CSV_SUFFIXES:
-            header = pd.read_csv(path, nrows=0).columns
+            delimiter = _csv_delimiter(head)
+            compression = "gzip" if gzipped else None
+            header = pd.read_csv(path, nrows=0, sep=delimiter, compression=compression).columns
             usecols = None if wanted is None else [c for c in wanted if c in header]
-            frame = pd.read_csv(path, usecols=usecols)
+            frame = pd.read_csv(path, usecols=usecols, sep=delimiter, compression=compression)
             return {name: frame[name].to_numpy() for name in frame.columns}
         if suffix in _PARQUET_SUFFIXES:
             import pyarrow.parquet as pq
 
             header = pq.read_schema(path).names
-            frame = pd.read_parquet(
-                path, columns=None if wanted is None else [c for c in wanted if c in header]
-            )
+            frame = pd.read_parquet(path, columns=None if wanted is None else [c for c in wanted if c in header])
             return {name: frame[name].to_numpy() for name in frame.columns}
         if suffix in _ASTROPY_FORMATS:
             from astropy.table import Table
@@ -220,8 +267,7 @@ def _xp_matrix(path: Path, column: Any, name: str, source_id: np.ndarray) -> tup
                 values = np.ma.filled(np.ma.asarray(cell, dtype=np.float64), np.nan).ravel()
         except (ValueError, TypeError) as exc:
             raise DatasetBuildError(
-                f"{path}: data row {row + 1} (source_id {source_id[row]}), column {name}: "
-                f"malformed array ({exc})"
+                f"{path}: data row {row + 1} (source_id {source_id[row]}), column {name}: malformed array ({exc})"
             ) from exc
         if values.shape != (XP_LENGTH,):
             raise DatasetBuildError(
@@ -242,21 +288,15 @@ def read_xp_continuous(path: str | Path) -> XPContinuous:
     path = Path(path)
     bands = ("bp", "rp")
     wanted = ["source_id", "phot_g_mean_mag"] + [
-        f"{band}_{field}"
-        for band in bands
-        for field in ("coefficients", "coefficient_errors", "n_relevant_bases")
+        f"{band}_{field}" for band in bands for field in ("coefficients", "coefficient_errors", "n_relevant_bases")
     ]
     raw = _read_raw(path, wanted)
-    _require(
-        path, raw, ["source_id"] + [f"{b}_{f}" for b in bands for f in ("coefficients", "coefficient_errors")]
-    )
+    _require(path, raw, ["source_id"] + [f"{b}_{f}" for b in bands for f in ("coefficients", "coefficient_errors")])
     source_id = _source_ids(path, raw["source_id"])
     _check_unique(path, source_id)
     fields: dict[str, np.ndarray] = {}
     for band in bands:
-        coefficients, has_solution = _xp_matrix(
-            path, raw[f"{band}_coefficients"], f"{band}_coefficients", source_id
-        )
+        coefficients, has_solution = _xp_matrix(path, raw[f"{band}_coefficients"], f"{band}_coefficients", source_id)
         errors, has_errors = _xp_matrix(
             path, raw[f"{band}_coefficient_errors"], f"{band}_coefficient_errors", source_id
         )

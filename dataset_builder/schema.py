@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 
-from configuration_astro import DEFAULT_OBSERVATION_NAMES, XP_COEFFICIENTS_PER_BAND
+from modeling_astro.observations import DEFAULT_OBSERVATION_NAMES, G_FLUX_ZERO_POINT, XP_COEFFICIENTS_PER_BAND
 
 XP_LENGTH = XP_COEFFICIENTS_PER_BAND
 """Number of Gaia DR3 XP basis coefficients per band."""
@@ -17,7 +17,7 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 COLUMN_DESCRIPTIONS: dict[str, str] = {
     "source_id": "Gaia DR3 source_id (int64)",
-    "bp*/rp*": "Gaia XP coefficient / f_G, f_G = 10**((25.6873668671 - G)/2.5); NaN beyond n_relevant_bases",
+    "bp*/rp*": f"Gaia XP coefficient / f_G, f_G = 10**(({G_FLUX_ZERO_POINT} - G)/2.5); NaN beyond n_relevant_bases",
     "bprp": "Gaia BP - RP colour [mag]",
     "jh": "2MASS J - H colour [mag]",
     "jk": "2MASS J - Ks colour [mag]",

@@ -23,7 +23,7 @@ from modeling_astro.tasks import (
     embed_stars,
     retrieval_accuracy,
 )
-from modeling_astro.tasks._plotting import new_figure, save_figure
+from modeling_astro.tasks.plotting import new_figure, save_figure
 
 
 def held_out_accuracy(predictor, stars) -> float:

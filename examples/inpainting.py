@@ -20,7 +20,7 @@ from modeling_astro.tasks import (
     inpaint_band,
     sample_xp,
 )
-from modeling_astro.tasks._plotting import new_figure, save_figure
+from modeling_astro.tasks.plotting import new_figure, save_figure
 
 RANGES = {"rp": (700.0, 1000.0), "bp": (400.0, 600.0)}
 

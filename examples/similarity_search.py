@@ -18,7 +18,7 @@ from modeling_astro.tasks import (
     sample_xp,
     top_k_similar,
 )
-from modeling_astro.tasks._plotting import new_figure, save_figure
+from modeling_astro.tasks.plotting import new_figure, save_figure
 
 
 def main() -> None:

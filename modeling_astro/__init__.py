@@ -1,25 +1,15 @@
 """The Leung & Bovy (2024) transformer foundation model for stars, the transformers way.
 
-The modules of this package import the configuration with flat relative imports (``from .configuration_astro
-import AstroConfig``) so that a saved checkpoint folder, where transformers copies them side by side, loads with
-``trust_remote_code=True`` without this package installed. In the source tree ``modeling_astro/configuration_astro.py``
-is a link to ``configuration_astro/configuration_astro.py``; the alias below makes both names one module, so there
-is a single ``AstroConfig`` class.
+The modules of this package import each other with flat relative imports (``from .configuration_astro import
+AstroConfig``): transformers copies a custom model's file and its same-folder relative imports into a saved
+checkpoint folder, which then loads with ``trust_remote_code=True`` without this package installed.
 """
 
-import importlib
-import sys
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
-sys.modules.setdefault(
-    f"{__name__}.configuration_astro", importlib.import_module("configuration_astro.configuration_astro")
-)
-
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining  # noqa: E402
-
-from configuration_astro import AstroConfig  # noqa: E402
-
-from .feature_extraction_astro import AstroTokenizer, ObservationNameError  # noqa: E402
-from .modeling_astro import (  # noqa: E402
+from .configuration_astro import AstroConfig
+from .feature_extraction_astro import AstroTokenizer, ObservationNameError
+from .modeling_astro import (
     AstroForObservationPrediction,
     AstroModel,
     AstroModelOutput,

@@ -46,8 +46,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .catalogue_inference import DTYPES, TEMPORARY_PREFIX, TEMPORARY_SUFFIX, input_shards
-from .feature_extraction_astro import ERROR_SUFFIX
-from .inference import SIGMA_SUFFIX
+from .observations import ERROR_SUFFIX, SIGMA_SUFFIX
 
 FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN = "_file", "_row", "_file_rows"
 NODE_COLUMN, PID_COLUMN = "_node", "_pid"

@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configuration_astro import AstroConfig
-
+from .configuration_astro import AstroConfig
 from .feature_extraction_astro import AstroTokenizer
 from .modeling_astro import AstroForObservationPrediction
 
 # torch.nn.functional names of the original code -> transformers' ACT2FN names; None meant F.relu there.
-_ACTIVATIONS = {None: "relu", "gelu": "gelu", "relu": "relu", "elu": "elu", "silu": "silu", "tanh": "tanh",
-                "sigmoid": "sigmoid", "leaky_relu": "leaky_relu", "mish": "mish", "selu": "selu"}
+_ACTIVATIONS = {
+    None: "relu",
+    "gelu": "gelu",
+    "relu": "relu",
+    "elu": "elu",
+    "silu": "silu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "leaky_relu": "leaky_relu",
+    "mish": "mish",
+    "selu": "selu",
+}
 
 # Parameter names inside one original TransformerBlock -> ours (in_proj is split into q/k/v separately).
 _BLOCK_PARTS = {
@@ -71,8 +80,39 @@ def config_from_original(nn_config: dict, observation_names: list[str]) -> Astro
     )
 
 
-def convert_state_dict(original: dict[str, torch.Tensor], token_order: list[int]) -> dict[str, torch.Tensor]:
+def original_name(name: str) -> str:
+    """The original checkpoint's name of our parameter `name` (inverse of [`convert_state_dict`]'s renaming)."""
+    if name.startswith("astro.embeddings."):
+        return "embedding_layer." + ("embeddings" if name.endswith("weight") else "bias")
+    block = re.fullmatch(r"astro\.(encoder|decoder)\.(\d+)\.(.+)", name)
+    if block:
+        part, index, parameter = block.groups()
+        prefix = f"torch_{part}.{part}_transformer_block_{int(index) + 1}"
+        projection = re.fullmatch(r"attention\.[qkv]_proj\.(weight|bias)", parameter)
+        if projection:
+            return f"{prefix}.attention.in_proj_{projection.group(1)}"
+        original = {ours: theirs for theirs, ours in _BLOCK_PARTS.items()}.get(parameter, parameter)
+        return f"{prefix}.{original}"
+    layer, kind = name.rsplit(".", 1)
+    original = {ours: theirs for theirs, ours in _HEAD_PARTS.items()}.get(layer, layer)
+    return f"torch_decoder.{original}.{kind}"
+
+
+class OriginalCheckpointError(ValueError):
+    """The original checkpoint cannot be converted; the message names the file and the parameter."""
+
+
+def convert_state_dict(
+    original: dict[str, torch.Tensor], token_order: list[int], source: str = "the original checkpoint"
+) -> dict[str, torch.Tensor]:
     """Rename and split the original parameters; `token_order[i]` is the original token id of our token `i + 1`."""
+    for name in ("embedding_layer.embeddings", "embedding_layer.bias"):
+        if name not in original:
+            raise OriginalCheckpointError(
+                f"{source}: parameter {name!r} is missing (it has {len(original)} parameters"
+                + (f", e.g. {sorted(original)[:3]}" if original else "")
+                + "): the file is not a complete StellarPerceptron checkpoint."
+            )
     rows = torch.tensor([0, *token_order])
     converted = {
         "astro.embeddings.weight": original["embedding_layer.embeddings"][rows],
@@ -92,13 +132,42 @@ def convert_state_dict(original: dict[str, torch.Tensor], token_order: list[int]
             elif parameter in _BLOCK_PARTS:
                 converted[f"{prefix}.{_BLOCK_PARTS[parameter]}"] = tensor
             else:
-                raise ValueError(f"Unexpected parameter {name!r} in the original checkpoint.")
+                raise OriginalCheckpointError(f"{source}: unexpected parameter {name!r}.")
             continue
-        layer, kind = name.removeprefix("torch_decoder.").rsplit(".", 1)
+        layer, kind = name.removeprefix("torch_decoder.").rsplit(".", 1) if "." in name else (name, "")
         if layer not in _HEAD_PARTS:
-            raise ValueError(f"Unexpected parameter {name!r} in the original checkpoint.")
+            raise OriginalCheckpointError(f"{source}: unexpected parameter {name!r}.")
         converted[f"{_HEAD_PARTS[layer]}.{kind}"] = tensor
     return converted
+
+
+def _original_state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """The `model_state_dict` of an original `weights.pt` (or the file itself when it is a bare state dict),
+    checked to hold only finite tensors."""
+    if not weights.is_file():
+        raise OriginalCheckpointError(f"{weights}: no such file; the original folder needs config.json and weights.pt.")
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle refused by weights_only, truncated zip, ...
+        raise OriginalCheckpointError(
+            f"{weights}: cannot be read as a torch checkpoint with weights_only=True ({type(error).__name__}: "
+            f"{error}); the file may be truncated or hold code, which is not loaded."
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise OriginalCheckpointError(f"{weights}: holds a {type(checkpoint).__name__}, not a checkpoint dict.")
+    state = checkpoint.get("model_state_dict", checkpoint)  # the original's save() format, or a bare state dict
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise OriginalCheckpointError(
+            f"{weights}: neither a `model_state_dict` entry nor a bare state dict of tensors (keys: "
+            f"{sorted(checkpoint)[:6]})."
+        )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise OriginalCheckpointError(
+                f"{weights}: parameter {name!r} holds {int((~torch.isfinite(tensor)).sum())} NaN/inf value(s): "
+                "the checkpoint is broken (saved from a diverged run?); convert an earlier one."
+            )
+    return state
 
 
 def convert_original_checkpoint(original_dir: str | Path, output_dir: str | Path) -> AstroForObservationPrediction:
@@ -119,9 +188,25 @@ def convert_original_checkpoint(original_dir: str | Path, output_dir: str | Path
         context_length=original_config["nn_config"]["context_length"],
     )
     config = config_from_original(original_config["nn_config"], names)
-    checkpoint = torch.load(original_dir / "weights.pt", map_location="cpu", weights_only=True)
+    weights = original_dir / "weights.pt"
+    state = _original_state_dict(weights)
     model = AstroForObservationPrediction(config)
-    model.load_state_dict(convert_state_dict(checkpoint["model_state_dict"], tokens), strict=True)
+    converted = convert_state_dict(state, tokens, source=str(weights))
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in converted]
+    if missing:
+        raise OriginalCheckpointError(
+            f"{weights}: parameter {original_name(missing[0])!r} is missing ({len(missing)} of the model's "
+            f"parameters have no counterpart in the file, first {missing[0]!r}): the checkpoint is incomplete or of "
+            "another architecture than its config.json."
+        )
+    for name, tensor in converted.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise OriginalCheckpointError(
+                f"{weights}: parameter {name!r} has shape {tuple(tensor.shape)} but config.json's nn_config gives "
+                f"{tuple(expected[name].shape)}: the weights and the config do not belong together."
+            )
+    model.load_state_dict(converted, strict=True)
     model.eval()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)

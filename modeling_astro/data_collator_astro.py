@@ -6,26 +6,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .feature_extraction_astro import ERROR_SUFFIX, AstroTokenizer
+from .feature_extraction_astro import AstroTokenizer
 
 DEFAULT_LABEL_NAMES = ("teff", "logg", "m_h")
-
-
-def _as_columns(data: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The columns `names` (those present) of a list of row dicts, a dict of arrays or a DataFrame."""
-    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-        if not data:
-            raise ValueError("The batch is empty: pass at least one row.")
-        keys = data[0].keys()
-        return {name: np.array([row[name] for row in data], dtype=float) for name in names if name in keys}
-    keys = list(data.keys()) if hasattr(data, "keys") else list(data.columns)
-    columns = {}
-    for name in names:
-        if name in keys:
-            column = data[name]
-            column = column.to_numpy(dtype=float, na_value=np.nan) if hasattr(column, "to_numpy") else column
-            columns[name] = np.asarray(column, dtype=float)
-    return columns
 
 
 class AstroDataCollator:
@@ -101,8 +84,7 @@ class AstroDataCollator:
             raise ValueError(f"`max_blanked` must be >= 0, got {max_blanked}.")
         if label_target_fraction is not None and not 0.0 < label_target_fraction <= 1.0:
             raise ValueError(
-                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got "
-                f"{label_target_fraction}."
+                f"`label_target_fraction` must be in (0, 1] or None (uniform targets), got {label_target_fraction}."
             )
         if (
             len(prompts) != len(prompt_fractions)
@@ -142,24 +124,16 @@ class AstroDataCollator:
         column `i` is token id `i + 1`, NaN marks a missing value, a missing error is 0.
 
         `data` is a list of dataset rows (dicts), a dict of columns or a pandas DataFrame, in physical units
-        with
-        `<name>_err` error columns; vocabulary observations without a column are missing for every star.
+        with `<name>_err` error columns, read and checked by the tokenizer's `read_table`; vocabulary
+        observations without a column are missing for every star.
         """
         names = self.tokenizer.observation_names
-        columns = _as_columns(data, [*names, *(name + ERROR_SUFFIX for name in names)])
-        if not any(name in columns for name in names):
-            raise ValueError(
-                f"The data has no column named after an observation of the vocabulary ({names[0]}, ..., "
-                f"{names[-1]}): pass rows with observation columns, in physical units."
-            )
-        num_stars = len(next(iter(columns.values())))
-        values = np.full((num_stars, len(names)), np.nan)
-        errors = np.zeros((num_stars, len(names)))
-        for index, name in enumerate(names):
-            if name in columns:
-                values[:, index] = columns[name]
-            if name + ERROR_SUFFIX in columns:
-                errors[:, index] = columns[name + ERROR_SUFFIX]
+        read, read_values, read_errors = self.tokenizer.read_table(data)
+        columns = [self.tokenizer.token_id(name) - 1 for name in read]
+        values = np.full((len(read_values), len(names)), np.nan)
+        errors = np.zeros((len(read_values), len(names)))
+        values[:, columns] = read_values
+        errors[:, columns] = read_errors
         token_ids = np.arange(1, len(names) + 1)
         values, errors = self.tokenizer.transform(values, token_ids, errors)
         values[~np.isfinite(values)] = np.nan
@@ -209,8 +183,7 @@ class AstroDataCollator:
         if (num_present == 0).any():
             rows = (num_present == 0).nonzero().flatten().tolist()
             raise ValueError(
-                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the "
-                "dataset."
+                f"Row(s) {rows[:10]} of the batch have no observation the model knows; drop them from the dataset."
             )
         batch_size = values.shape[0]
         rows = torch.arange(batch_size)[:, None]

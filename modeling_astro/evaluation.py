@@ -25,9 +25,8 @@ from huggingface_hub.repocard import metadata_load
 from scipy.stats import norm
 
 from .inference import AstroPredictor
+from .observations import EVALUATION_INPUTS, EVALUATION_LABELS
 
-EVALUATION_INPUTS = (*(f"bp{i}" for i in range(30)), *(f"rp{i}" for i in range(30)), "bprp", "jh", "jk")
-EVALUATION_LABELS = ("teff", "logg", "m_h")
 SPLITS = ("train", "validation", "test")
 LABEL_TITLES = {"teff": "Teff [K]", "logg": "log g [dex]", "m_h": "[M/H] [dex]"}
 OUTLIER_MAD_STDS = 3.0
@@ -118,14 +117,17 @@ def load_split_tables(
         files = sorted(folder.glob(patterns.get(split, f"data/{split}-*.parquet")))
         if not files:
             raise ValueError(f"Dataset {data_dir} has no {split!r} split (no data/{split}-*.parquet files).")
-        tables[split] = pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
-        missing = [name for name in required if name not in tables[split].columns]
-        if missing:
-            raise ValueError(
-                f"The {split!r} split of {data_dir} lacks required column(s) {missing[:8]}"
-                f"{' ...' if len(missing) > 8 else ''}; rebuild the dataset with "
-                "`python -m dataset_builder build`."
-            )
+        shards = []
+        for file in files:  # per shard: a concat would fill a column one shard lacks with NaN
+            shards.append(pd.read_parquet(file))
+            missing = [name for name in required if name not in shards[-1].columns]
+            if missing:
+                raise ValueError(
+                    f"The {split!r} split of {data_dir} lacks required column(s) {missing[:8]}"
+                    f"{' ...' if len(missing) > 8 else ''} in {file}; rebuild the dataset with "
+                    "`python -m dataset_builder build`."
+                )
+        tables[split] = pd.concat(shards, ignore_index=True)
     return tables
 
 
@@ -173,6 +175,7 @@ def evaluate(
     output_dir: str,
     baseline: bool = True,
     predictor_kwargs: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     Run the paper's protocol on the test split of `data_dir` with the model saved in `model_path`.
@@ -182,13 +185,15 @@ def evaluate(
     `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
     `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's
     metrics
-    under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`.
+    under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`. `predictor_kwargs` go to
+    `AstroPredictor.from_pretrained` (default device: the CPU); `training` (facts of the run that made the model:
+    threads, steps/s, planned steps) is recorded under `"training"`.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     splits = load_split_tables(data_dir)
     test = splits["test"]
-    predictor = AstroPredictor.from_pretrained(model_path, device="cpu", **(predictor_kwargs or {}))
+    predictor = AstroPredictor.from_pretrained(model_path, **{"device": "cpu", **(predictor_kwargs or {})})
     inputs = {name: test[name].to_numpy() for name in EVALUATION_INPUTS}
     inputs.update(
         {f"{name}_err": test[f"{name}_err"].to_numpy() for name in EVALUATION_INPUTS if f"{name}_err" in test}
@@ -201,6 +206,8 @@ def evaluate(
     xgb_seconds = time.perf_counter() - started
 
     results: dict[str, Any] = {"test_stars": len(test), "model_predict_seconds": round(model_seconds, 2)}
+    if training is not None:
+        results["training"] = training
     if baseline:
         results.update({"xgboost_fit_seconds": round(xgb_seconds, 2), "xgboost_rounds": rounds})
     has_xp = np.isfinite(test[list(EVALUATION_INPUTS[:60])].to_numpy()).all(axis=1)  # the paper's test stars

@@ -7,15 +7,27 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import astropy.units as u
 import numpy as np
+import pandas as pd
 import torch
 from astropy.stats import mad_std
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 from transformers.utils import cached_file
 
-from .configuration_astro import DEFAULT_OBSERVATION_NAMES
+from .observations import DEFAULT_OBSERVATION_NAMES, DEFAULT_OBSERVATION_UNITS, ERROR_SUFFIX, ERROR_SUFFIX_ALIASES
 
-ERROR_SUFFIX = "_err"
+#: Columns that are known not to be observations and are ignored without a report (the dataset's identifier and
+#: its `true_*` truth columns).
+NON_OBSERVATION_COLUMNS: tuple[str, ...] = ("source_id",)
+NON_OBSERVATION_PREFIXES: tuple[str, ...] = ("true_",)
+#: Most |standardised value| (and standardised 1-sigma error) the tokenizer accepts: values this many scales from
+#: the observation's median are wrong units or sentinels (the simulated survey's largest is ~500, g_fakemag of
+#: nearby stars), and far larger ones overflow the model's float32 arithmetic into NaN.
+MAX_STANDARDISED_VALUE = 1e4
+#: Strings read as a missing value in a text column (case-insensitive, surrounding spaces ignored).
+MISSING_STRINGS = frozenset({"", "nan", "null", "none", "na", "n/a", "--"})
+INVALID_POLICIES = ("raise", "mask")
 
 
 class ObservationNameError(KeyError):
@@ -25,29 +37,235 @@ class ObservationNameError(KeyError):
         return str(self.args[0])
 
 
+class UnknownColumnsWarning(UserWarning):
+    """Columns of the input that are not observations of the model (and are therefore not used)."""
+
+
+class InvalidValueWarning(UserWarning):
+    """Values or errors that `invalid="mask"` treated as missing."""
+
+
+class StarTable:
+    r"""
+    The one reader of star tables: a dict of arrays (or of scalars: one star), a pandas DataFrame, a pandas Series
+    (one star), an astropy Table/QTable or Row, a numpy structured array, a list of row dicts, or a `datasets`
+    Dataset/batch, seen as named columns of equal length. [`numeric`] returns a column as float64 with NaN for
+    missing values, after checking its type, shape and unit; every error names the column and, for bad values,
+    the first bad row.
+
+    Args:
+        data: the table.
+        row_offset (`int`, defaults to 0): number of the first row, in error messages (set by [`slice`]).
+    """
+
+    def __init__(self, data: Any, row_offset: int = 0):
+        self.row_offset = int(row_offset)
+        if isinstance(data, StarTable):
+            self.data, self.columns, self.num_rows = data.data, list(data.columns), data.num_rows
+            self.row_offset, self._keys = data.row_offset, data._keys
+            return
+        self._keys: dict[str, Any] = {}
+        if hasattr(data, "with_format") and hasattr(data, "column_names"):
+            if not hasattr(data, "__len__"):
+                raise TypeError(
+                    "An IterableDataset (streaming) has no length: predict it with `AstroPredictor.predict_stream`, "
+                    "or pass a `datasets.Dataset`."
+                )
+            data = data.with_format("numpy")
+            self.num_rows = len(data)
+            names = list(data.column_names)
+        elif isinstance(data, pd.Series):  # one star: index = column names
+            data = {str(key): [value] for key, value in data.items()}
+            data, names = self._from_mapping(data)
+        elif isinstance(data, pd.DataFrame):
+            names = [str(name) for name in data.columns]
+            self._keys = dict(zip(names, data.columns))
+            self.num_rows = len(data)
+        elif hasattr(data, "colnames") and hasattr(data, "table") and hasattr(data, "index"):  # astropy Row
+            data = data.table[data.index : data.index + 1]
+            names, self.num_rows = list(data.colnames), 1
+        elif hasattr(data, "colnames"):  # astropy Table / QTable
+            names, self.num_rows = list(data.colnames), len(data)
+        elif isinstance(data, np.ndarray) and data.dtype.names:  # numpy structured array
+            data, names = self._from_mapping({name: data[name] for name in data.dtype.names})
+        elif isinstance(data, Mapping) or (hasattr(data, "keys") and hasattr(data, "__getitem__")):
+            data, names = self._from_mapping(data)
+        elif (
+            isinstance(data, Sequence)
+            and not isinstance(data, (str, bytes))
+            and all(isinstance(row, Mapping) for row in data)
+        ):  # list of row dicts (dataset rows)
+            if not data:
+                raise ValueError("The input holds no star (an empty list of rows).")
+            keys = list(dict.fromkeys(key for row in data for key in row))
+            data, names = self._from_mapping({key: [row.get(key) for row in data] for key in keys})
+        else:
+            raise TypeError(
+                f"Cannot read stars from a {type(data).__name__}: pass a dict of arrays, a pandas DataFrame or "
+                "Series (one star), an astropy Table, a list of row dicts or a `datasets` Dataset/batch."
+            )
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"The input has duplicate column names {duplicated}: keep one column per name.")
+        self.data, self.columns = data, names
+
+    def _from_mapping(self, data: Any) -> tuple[dict[str, Any], list[str]]:
+        """Dict of columns; scalars become one-star columns; lengths must agree."""
+        columns = {}
+        for key in data.keys():
+            value = data[key]
+            if not isinstance(value, (np.ndarray, pd.Series, pd.Index)) and not hasattr(value, "unit"):
+                try:
+                    value = np.asarray(value)
+                except ValueError as error:  # ragged lists
+                    raise ValueError(f"Column {str(key)!r} cannot be read as an array ({error}).") from None
+            columns[str(key)] = value
+        scalars = [name for name, value in columns.items() if np.ndim(value) == 0]
+        if scalars and len(scalars) < len(columns):
+            lengths = sorted({len(value) for name, value in columns.items() if name not in scalars})
+            raise ValueError(
+                f"Column(s) {scalars[:5]} hold a single value but the others have {lengths} rows: pass one value "
+                "per star in every column (scalars only for a single star)."
+            )
+        if scalars:
+            columns = {
+                name: value.reshape(1) if hasattr(value, "reshape") else np.asarray([value])
+                for name, value in columns.items()
+            }
+        lengths = {name: len(value) for name, value in columns.items()}
+        if len(set(lengths.values())) > 1:
+            by_length = {}
+            for name, length in lengths.items():
+                by_length.setdefault(length, name)
+            shown = ", ".join(f"{name!r} has {length}" for length, name in by_length.items())
+            raise ValueError(
+                f"The columns of the input have different lengths ({shown} rows): every column needs one value "
+                "per star."
+            )
+        self.num_rows = next(iter(lengths.values()), 0)
+        return columns, list(columns)
+
+    def slice(self, start: int, stop: int) -> "StarTable":
+        """Rows `start:stop` as a `StarTable` (error messages keep the rows' numbers in the whole table)."""
+        if isinstance(self.data, pd.DataFrame):
+            part = self.data.iloc[start:stop]
+        elif isinstance(self.data, Mapping):
+            part = {key: value[start:stop] for key, value in self.data.items()}
+        else:  # astropy Table, numpy-formatted datasets.Dataset (-> dict of arrays)
+            part = self.data[start:stop]
+        return StarTable(part, row_offset=self.row_offset + start)
+
+    def raw(self, name: str) -> np.ndarray:
+        """Column `name` as a numpy array, unchanged (e.g. `source_id`)."""
+        if name not in self.columns:
+            raise KeyError(f"Column {name!r} is not in the input; it has {self.columns[:10]}.")
+        column = self.data[self._keys.get(name, name)]
+        return column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
+
+    def numeric(self, name: str, unit: str | u.UnitBase | None = None, checked_unit: bool = True) -> np.ndarray:
+        """
+        Column `name` as float64 of shape `(num_rows,)`, NaN where missing (NaN, None, masked, pd.NA, empty or
+        'null' strings). A column with an astropy unit is converted to `unit` (an error if it cannot be; with
+        `unit=None` only a dimensionless column is accepted unless `checked_unit=False`). Non-numeric entries,
+        booleans and columns that are not one value per star are errors naming the column.
+        """
+        column = self.data[self._keys.get(name, name)]
+        column_unit = getattr(column, "unit", None)
+        if isinstance(column, (pd.Series, pd.Index)):
+            dtype = column.dtype
+            if isinstance(dtype, np.dtype):  # numpy dtypes: checked by _as_float
+                values = column.to_numpy()
+            elif pd.api.types.is_bool_dtype(dtype):
+                values = np.zeros(len(column), dtype=bool)
+            elif pd.api.types.is_numeric_dtype(dtype):  # nullable Float64/Int64, pd.NA -> NaN
+                values = column.to_numpy(dtype=float, na_value=np.nan)
+            else:  # string, category, ...
+                values = column.astype(object).to_numpy(dtype=object)
+            mask = None
+        else:
+            mask = np.ma.getmaskarray(column) if isinstance(column, np.ma.MaskedArray) else None
+            values = np.ma.getdata(column)
+            values = values.value if hasattr(values, "value") and hasattr(values, "unit") else np.asarray(values)
+        values = self._as_float(name, values)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
+            mask = None if mask is None else mask.reshape(values.shape)
+        elif values.ndim == 0:
+            values = values.reshape(1)
+        if values.ndim != 1 or len(values) != self.num_rows:
+            raise ValueError(
+                f"Column {name!r} has shape {np.shape(values)}: an observation takes one value per star, a 1-D "
+                f"column of {self.num_rows} value(s) (or shape ({self.num_rows}, 1))."
+            )
+        if mask is not None and mask.any():
+            values = np.where(mask.reshape(values.shape), np.nan, values)
+        if column_unit is not None and checked_unit:
+            values = self._convert(name, values, u.Unit(column_unit), unit)
+        return values
+
+    def _as_float(self, name: str, values: np.ndarray) -> np.ndarray:
+        kind = values.dtype.kind
+        if kind in "iuf":
+            return values.astype(np.float64, copy=False)
+        if kind == "b":
+            raise ValueError(f"Column {name!r} holds booleans: an observation must be a number (NaN for missing).")
+        if kind in "OUS":
+            flat = values.ravel()
+            if kind == "S":
+                flat = np.char.decode(flat, "utf-8", errors="replace")
+            flat = np.array(flat, dtype=object)
+            text = np.array([isinstance(v, str) for v in flat])
+            missing = np.array(pd.isna(pd.Series(flat, dtype=object)), dtype=bool)
+            if text.any():
+                missing[text] = [v.strip().lower() in MISSING_STRINGS for v in flat[text]]
+            if values.ndim == 1 and any(isinstance(v, (np.ndarray, list, tuple)) for v in flat[:1]):
+                raise ValueError(
+                    f"Column {name!r} holds arrays: an observation takes one number per star (split array "
+                    "columns such as XP coefficients into one column per observation: bp0, bp1, ...)."
+                )
+            bools = np.array([isinstance(v, (bool, np.bool_)) for v in flat], dtype=bool)
+            converted = pd.to_numeric(pd.Series(np.where(missing, None, flat), dtype=object), errors="coerce")
+            converted = converted.to_numpy(dtype=float, na_value=np.nan)
+            bad = (~missing & np.isnan(converted)) | bools
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"Column {name!r} holds a value that is not a number at row {self.row_offset + row}: "
+                    f"{flat[row]!r} ({int(bad.sum())} such value(s)); pass numbers, NaN for missing."
+                )
+            return np.where(missing, np.nan, converted).reshape(values.shape)
+        raise ValueError(
+            f"Column {name!r} has dtype {values.dtype}, not a real number: an observation must be a number (NaN for "
+            "missing)."
+        )
+
+    @staticmethod
+    def _convert(name: str, values: np.ndarray, column_unit: u.UnitBase, unit: str | u.UnitBase | None) -> np.ndarray:
+        if unit is None:
+            if column_unit.is_equivalent(u.dimensionless_unscaled):
+                return (values * column_unit).to_value(u.dimensionless_unscaled)
+            raise ValueError(
+                f"Column {name!r} has unit {column_unit} but the model's observation {name!r} has no declared "
+                "unit: pass plain numbers in the units the model was trained on."
+            )
+        target = u.Unit(unit)
+        if target == u.dimensionless_unscaled and column_unit == u.dimensionless_unscaled:
+            return values
+        try:
+            return (values * column_unit).to_value(target)
+        except u.UnitConversionError:
+            function = getattr(target, "function_unit", None)
+            if function is not None and column_unit == function:  # 'dex' for dex(cm / s2): the same numbers
+                return values
+            raise ValueError(
+                f"Column {name!r} has unit {column_unit!s}, which cannot be converted to {target!s}, the unit of "
+                f"observation {name!r}: give it in {target!s} (or a convertible unit)."
+            ) from None
+
+
 def _column_names(data: Any) -> list[str]:
-    for attribute in ("colnames", "column_names"):  # astropy Table, datasets Dataset
-        if hasattr(data, attribute):
-            return list(getattr(data, attribute))
-    if hasattr(data, "columns"):  # pandas DataFrame
-        return [str(name) for name in data.columns]
-    if isinstance(data, Mapping) or hasattr(data, "keys"):  # dict of arrays, datasets batch
-        return [str(name) for name in data.keys()]
-    raise TypeError(
-        f"Cannot read observations from a {type(data).__name__}: pass a dict of arrays, a pandas DataFrame, an "
-        "astropy Table or a `datasets` batch/dataset."
-    )
-
-
-def _column_values(data: Any, name: str) -> np.ndarray:
-    column = data[name]
-    if hasattr(column, "to_numpy"):  # pandas, possibly with pd.NA
-        column = column.to_numpy(dtype=float, na_value=np.nan)
-    elif isinstance(column, np.ma.MaskedArray):  # astropy MaskedColumn, numpy masked array
-        column = column.astype(float).filled(np.nan)
-    elif hasattr(column, "unit") and hasattr(column, "value"):  # astropy Quantity
-        column = column.value
-    return np.atleast_1d(np.array(column, dtype=float))  # None (datasets' missing value) -> NaN
+    """Column names of any input [`StarTable`] reads."""
+    return StarTable(data).columns
 
 
 def suggest_names(name: str, vocabulary: Sequence[str]) -> str:
@@ -72,6 +290,10 @@ class AstroTokenizer(FeatureExtractionMixin):
             Per-observation MAD-std, in physical units (defaults to 1).
         context_length (`int`, defaults to 64):
             Most observations per star the model accepts.
+        observation_units (`list[str | None]`, *optional*):
+            Per-observation astropy unit string of the values ("" = dimensionless, `None` = no unit: a column
+            carrying one is an error); columns with a unit are converted to it. Defaults to
+            `DEFAULT_OBSERVATION_UNITS` for the paper's names, `None` for others.
 
     Example:
 
@@ -93,6 +315,7 @@ class AstroTokenizer(FeatureExtractionMixin):
         medians: Sequence[float] | None = None,
         scales: Sequence[float] | None = None,
         context_length: int = 64,
+        observation_units: Sequence[str | None] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +324,21 @@ class AstroTokenizer(FeatureExtractionMixin):
         self.medians = [float(m) for m in (medians if medians is not None else np.zeros(size))]
         self.scales = [float(s) for s in (scales if scales is not None else np.ones(size))]
         self.context_length = int(context_length)
+        if observation_units is None:
+            observation_units = [DEFAULT_OBSERVATION_UNITS.get(name) for name in self.observation_names]
+        self.observation_units = [None if unit is None else str(unit) for unit in observation_units]
+        if len(self.observation_units) != size:
+            raise ValueError(
+                f"`observation_units` ({len(self.observation_units)}) needs one entry per observation name ({size})."
+            )
+        for name, unit in zip(self.observation_names, self.observation_units):
+            if unit is not None:
+                try:
+                    u.Unit(unit)
+                except ValueError as error:
+                    raise ValueError(
+                        f"`observation_units` of {name!r}: {unit!r} is not an astropy unit ({error})."
+                    ) from None
         if len(set(self.observation_names)) != size:
             raise ValueError("`observation_names` must be unique.")
         if len(self.medians) != size or len(self.scales) != size:
@@ -136,15 +374,27 @@ class AstroTokenizer(FeatureExtractionMixin):
             raise ValueError("Request at least one observation.")
         return ids if batch_size is None else ids.expand(batch_size, -1).contiguous()
 
-    def add_observations(self, names: Iterable[str], medians: Iterable[float], scales: Iterable[float]) -> list[int]:
-        """Append new observation names (with their standardisation) to the vocabulary; returns their token ids."""
+    def add_observations(
+        self,
+        names: Iterable[str],
+        medians: Iterable[float],
+        scales: Iterable[float],
+        units: Iterable[str | None] | None = None,
+    ) -> list[int]:
+        """
+        Append new observation names (with their standardisation, in physical units, and optionally their
+        astropy unit strings) to the vocabulary; returns their token ids.
+        """
+        names, medians, scales = list(names), list(medians), list(scales)
+        units = [None] * len(names) if units is None else list(units)
         new_ids = []
-        for name, median, scale in zip(names, medians, scales, strict=True):
+        for name, median, scale, unit in zip(names, medians, scales, units, strict=True):
             if name in self._token_ids:
                 raise ValueError(f"Observation {name!r} is already in the vocabulary (id {self._token_ids[name]}).")
             self.observation_names.append(name)
             self.medians.append(float(median))
             self.scales.append(float(scale))
+            self.observation_units.append(None if unit is None else str(unit))
             self._token_ids[name] = len(self.observation_names)
             new_ids.append(self._token_ids[name])
         return new_ids
@@ -152,10 +402,9 @@ class AstroTokenizer(FeatureExtractionMixin):
     # ------------------------------------------------------------------ standardisation
     def fit(self, data: Any, observation_names: Sequence[str] | None = None) -> "AstroTokenizer":
         """Set each observation's median and MAD-std (physical units) from the finite values in `data`."""
-        names = self._select_names(data, observation_names)
+        names, table, _ = self.read_table(data, observation_names=observation_names, check_range=False)
         unfitted = []
-        for name in names:
-            values = _column_values(data, name)
+        for name, values in zip(names, table.T):
             values = values[np.isfinite(values)]
             scale = float(mad_std(values)) if values.size else np.nan
             if not np.isfinite(scale) or scale <= 0:
@@ -190,9 +439,21 @@ class AstroTokenizer(FeatureExtractionMixin):
         exp = torch.exp if isinstance(logvar, torch.Tensor) else np.exp
         return mean * scale + median, exp(0.5 * logvar) * scale
 
-    # ------------------------------------------------------------------ encoding
-    def _select_names(self, data: Any, observation_names: Sequence[str] | None) -> list[str]:
-        columns = _column_names(data)
+    # ------------------------------------------------------------------ reading (the one validation layer)
+    def _is_known_column(self, column: str, ignore_columns: Sequence[str]) -> bool:
+        """Whether `column` is consumed or deliberately skipped: an observation, its error, or metadata."""
+        if column in self._token_ids or column in ignore_columns or column in NON_OBSERVATION_COLUMNS:
+            return True
+        if column.startswith(NON_OBSERVATION_PREFIXES):
+            return True
+        return any(
+            column.endswith(suffix) and column[: -len(suffix)] in self._token_ids
+            for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES)
+        )
+
+    def _select_names(
+        self, columns: Sequence[str], observation_names: Sequence[str] | None, ignore_columns: Sequence[str] = ()
+    ) -> list[str]:
         if observation_names is not None:
             for name in observation_names:
                 self.token_id(name)
@@ -200,19 +461,165 @@ class AstroTokenizer(FeatureExtractionMixin):
                     raise KeyError(f"Observation {name!r} was requested but the data has no such column.")
             return list(observation_names)
         names = [name for name in self.observation_names if name in columns]
-        for column in set(columns) - set(names):
-            base = column[: -len(ERROR_SUFFIX)] if column.endswith(ERROR_SUFFIX) else column
-            if base in self._token_ids:
+        lower = {name.lower(): name for name in self.observation_names}
+        unknown = []
+        for column in columns:
+            if self._is_known_column(column, ignore_columns):
                 continue
-            hint = suggest_names(base, self.observation_names)
+            base, suffix = column, ""
+            for candidate in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES):
+                if column.lower().endswith(candidate):
+                    base, suffix = column[: -len(candidate)], column[-len(candidate) :]
+                    break
+            if base.lower() in lower:  # Teff, LOGG, TEFF_ERR: meant as an observation, in the wrong case
+                meant = lower[base.lower()] + suffix.lower()
+                raise ObservationNameError(
+                    f"Column {column!r} is not an observation this model knows (names are case-sensitive). Did you "
+                    f"mean {meant!r}? Rename the column."
+                )
             if difflib.get_close_matches(base, self.observation_names, n=1, cutoff=0.85):
+                hint = suggest_names(base, self.observation_names)
                 raise ObservationNameError(f"Column {column!r} is not an observation this model knows.{hint}")
+            unknown.append(column)
         if not names:
             raise ValueError(
-                f"None of the columns {columns[:10]} is an observation this model knows "
-                f"({', '.join(self.observation_names[:3])}, ..., {self.observation_names[-1]})."
+                f"None of the columns {list(columns)[:10]} is an observation this model knows "
+                f"({', '.join(self.observation_names[:3])}, ..., {self.observation_names[-1]}): the data has no "
+                "column named after an observation of the vocabulary; pass observation columns, in physical units."
+            )
+        if unknown:
+            warnings.warn(
+                f"{len(unknown)} column(s) of the input are not observations of this model and are not used: "
+                f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''} (pass `observation_names=` to choose the "
+                "inputs explicitly).",
+                UnknownColumnsWarning,
+                stacklevel=4,
             )
         return names
+
+    def _error_column(self, table: StarTable, name: str) -> str | None:
+        found = [name + suffix for suffix in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES) if name + suffix in table.columns]
+        if len(found) > 1:
+            raise ValueError(f"Columns {found} both give the 1-sigma error of {name!r}: keep one of them.")
+        return found[0] if found else None
+
+    def read_table(
+        self,
+        data: Any,
+        errors: Mapping[str, Any] | None = None,
+        observation_names: Sequence[str] | None = None,
+        invalid: str = "raise",
+        check_range: bool = True,
+        ignore_columns: Sequence[str] = (),
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        r"""
+        Read and validate stars: the one place where input tables are checked (the tokenizer, the collator and
+        the predictor read through it).
+
+        Args:
+            data: see [`__call__`]; read with [`StarTable`].
+            errors: 1-sigma errors per observation name, overriding the error columns.
+            observation_names: read exactly these columns.
+            invalid: what to do with values far outside the tokenizer's range (more than `MAX_STANDARDISED_VALUE`
+                scales from the median: wrong units or sentinels) and with errors that are negative, infinite or
+                that large: `"raise"` (default) raises a `ValueError` naming the observation, the row and the
+                value; `"mask"` treats such values as missing (negative errors as unknown) with one
+                `InvalidValueWarning`.
+            check_range: check values against the standardisation (off while fitting it).
+            ignore_columns: non-observation columns not to report (e.g. `keep_columns` of the predictor).
+
+        Returns:
+            `(names, values, errors)`: the observation names read, and float64 arrays `(num_stars, len(names))` of
+            values and 1-sigma errors in the tokenizer's physical units, NaN where missing/unknown.
+        """
+        if invalid not in INVALID_POLICIES:
+            raise ValueError(f"`invalid` must be one of {INVALID_POLICIES}, got {invalid!r}.")
+        table = StarTable(data)
+        names = self._select_names(table.columns, observation_names, ignore_columns)
+        units = [self.observation_units[self._token_ids[name] - 1] for name in names]
+        values = np.empty((table.num_rows, len(names)))
+        error_values = np.full((table.num_rows, len(names)), np.nan)
+        error_names: list[str | None] = [None] * len(names)
+        for index, (name, unit) in enumerate(zip(names, units)):
+            values[:, index] = table.numeric(name, unit)
+            error_names[index] = self._error_column(table, name)
+            if error_names[index] is not None:
+                error_values[:, index] = table.numeric(error_names[index], unit)
+        if errors is not None:
+            error_table = StarTable(errors)
+            if error_table.num_rows != table.num_rows:
+                raise ValueError(f"`errors` has {error_table.num_rows} rows but the data has {table.num_rows}.")
+            for key in error_table.columns:
+                if key not in self._token_ids:
+                    base = next((key[: -len(s)] for s in (ERROR_SUFFIX, *ERROR_SUFFIX_ALIASES) if key.endswith(s)), "")
+                    if base in self._token_ids:
+                        raise ObservationNameError(
+                            f"`errors` key {key!r}: the keys of `errors` are observation names; use {base!r}."
+                        )
+                    self.token_id(key)  # raises with suggestions
+                if key not in names:
+                    raise ValueError(
+                        f"`errors` gives errors of {key!r}, which is not among the observations read from the data "
+                        f"({names[:10]}{' ...' if len(names) > 10 else ''}): its values are missing."
+                    )
+                index = names.index(key)
+                error_names[index] = f"errors[{key!r}]"
+                error_values[:, index] = error_table.numeric(key, units[index])
+        values[np.isinf(values)] = np.nan  # documented: inf is missing
+        if check_range:
+            self._check_values(names, values, error_values, error_names, invalid, table.row_offset)
+        return names, values, error_values
+
+    def _check_values(
+        self,
+        names: list[str],
+        values: np.ndarray,
+        errors: np.ndarray,
+        error_names: list[str | None],
+        invalid: str,
+        row_offset: int,
+    ) -> None:
+        """Flag values far outside the standardisation, and errors that are negative, infinite or too large."""
+        token_ids = np.array([self._token_ids[name] for name in names], dtype=np.int64)
+        median, scale = self._lookup(self.medians, token_ids), self._lookup(self.scales, token_ids)
+        present = np.isfinite(values)
+        with np.errstate(over="ignore", invalid="ignore"):
+            far = present & (np.abs(values - median) > MAX_STANDARDISED_VALUE * scale)
+            negative = present & (errors < 0)
+            huge = present & (np.isinf(errors) | (errors > MAX_STANDARDISED_VALUE * scale))
+        problems = [
+            (far, "value(s) far outside the tokenizer's range", "check the units and sentinel values (e.g. 99.999 "
+             "or -9999 for missing) and set missing values to NaN, or pass invalid='mask' to treat them as missing",
+             "treated as missing"),
+            (negative, "negative 1-sigma error(s)", "errors must be >= 0: set unknown errors to NaN, or pass "
+             "invalid='mask' to treat them as unknown", "errors treated as unknown"),
+            (huge, "infinite or huge 1-sigma error(s)", "an error that large carries no information: set the value "
+             "to NaN, or pass invalid='mask' to treat such values as missing", "values treated as missing"),
+        ]  # fmt: skip
+        reports = []
+        for mask, what, advice, masked in problems:
+            for index in np.flatnonzero(mask.any(axis=0)):
+                row = int(np.flatnonzero(mask[:, index])[0])
+                if mask is far:
+                    label = f"Observation {names[index]!r}"
+                    shown = values[row, index]
+                else:
+                    label = f"{error_names[index] or names[index]!r} (the 1-sigma error of {names[index]!r})"
+                    shown = errors[row, index]
+                where = f"first at row {row_offset + row}: {shown:g}"
+                if mask is far:
+                    distance = abs(shown - median[index]) / scale[index]
+                    where += f", {distance:.3g} scales from its median {median[index]:g}"
+                if mask is not negative:
+                    where += f"; at most {MAX_STANDARDISED_VALUE:g} scales ({MAX_STANDARDISED_VALUE * scale[index]:g})"
+                detail = f"{label}: {int(mask[:, index].sum())} {what} ({where})"
+                if invalid == "raise":
+                    raise ValueError(f"{detail}: {advice}.")
+                reports.append(f"{detail}: {masked}")
+        if reports:
+            values[far | huge] = np.nan
+            errors[negative] = np.nan
+            warnings.warn("invalid='mask': " + "; ".join(reports) + ".", InvalidValueWarning, stacklevel=4)
 
     def __call__(
         self,
@@ -222,39 +629,39 @@ class AstroTokenizer(FeatureExtractionMixin):
         padding: str = "longest",
         truncation: bool = False,
         return_tensors: str | None = None,
+        invalid: str = "raise",
+        ignore_columns: Sequence[str] = (),
         **kwargs,
     ) -> BatchFeature:
         r"""
         Encode stars into model inputs.
 
         Args:
-            data: observations in physical units, one column per observation name: a dict of arrays, a pandas
-                DataFrame, an astropy Table or a `datasets` batch. NaN, inf and masked values are missing. Columns
-                that are not observation names are ignored unless they look like a misspelt one (then an error
-                names it); 1-sigma errors are read from `<name>_err` columns when present.
-            errors: 1-sigma errors per observation name, overriding the `<name>_err` columns.
+            data: observations in physical units, one column per observation name: a dict of arrays (or of
+                scalars: one star), a pandas DataFrame or Series (one star), an astropy Table/QTable (columns with
+                units are converted to the tokenizer's `observation_units`), a list of row dicts or a `datasets`
+                batch. NaN, inf, None, masked values and empty/'null' strings are missing; text that is not a
+                number is an error naming the column and row. 1-sigma errors are read from `<name>_err` (or
+                `<name>_error`) columns. Columns that are not observations are reported in one
+                `UnknownColumnsWarning` (`source_id` and `true_*` excepted); a column that looks like a misspelt
+                or wrongly-cased observation name (`Teff`) is an error.
+            errors: 1-sigma errors per observation name, overriding the error columns; a key that is not an
+                observation of the data is an error.
             observation_names: use exactly these columns (each must be a known name).
             padding: `"longest"` pads to the star with most observations, `"max_length"` to `context_length`.
             truncation: if `False` (default) a star with more observations than `context_length` is an error; if
                 `True` only its first `context_length` observations in vocabulary order are kept.
             return_tensors: `"pt"` for torch tensors, `"np"` or `None` for numpy arrays.
+            invalid: `"raise"` (default) or `"mask"`: values more than `MAX_STANDARDISED_VALUE` scales from their
+                median and negative, infinite or huge errors (see [`read_table`]).
+            ignore_columns: non-observation columns not to report.
 
         Returns:
             `BatchFeature` with `input_ids` (int64), `input_values` (float32, standardised), `input_errors`
             (float32, standardised 1-sigma; 0 where unknown) and `attention_mask` (int64, 1 = observation).
         """
-        names = self._select_names(data, observation_names)
-        values = np.stack([_column_values(data, name) for name in names], axis=1)
-        error_values = np.stack(
-            [
-                _column_values(errors, name)
-                if errors is not None and name in errors
-                else _column_values(data, name + ERROR_SUFFIX)
-                if name + ERROR_SUFFIX in _column_names(data)
-                else np.zeros(len(values))
-                for name in names
-            ],
-            axis=1,
+        names, values, error_values = self.read_table(
+            data, errors, observation_names, invalid=invalid, ignore_columns=ignore_columns
         )
         token_ids = np.array([self._token_ids[name] for name in names])
         present = np.isfinite(values)
@@ -330,4 +737,14 @@ class AstroTokenizer(FeatureExtractionMixin):
         return output
 
 
-__all__ = ["AstroTokenizer", "ObservationNameError", "ERROR_SUFFIX", "suggest_names"]
+__all__ = [
+    "AstroTokenizer",
+    "ERROR_SUFFIX",
+    "ERROR_SUFFIX_ALIASES",
+    "InvalidValueWarning",
+    "MAX_STANDARDISED_VALUE",
+    "ObservationNameError",
+    "StarTable",
+    "UnknownColumnsWarning",
+    "suggest_names",
+]

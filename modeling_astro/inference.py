@@ -11,7 +11,6 @@ attention runs a kernel for small heads (`small_head_attention`) and batches are
 
 import copy
 import itertools
-import math
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .feature_extraction_astro import AstroTokenizer, _column_names
+from .feature_extraction_astro import AstroTokenizer, StarTable
+from .modeling_astro import pool_states
+from .observations import SIGMA_SUFFIX
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
 
-SIGMA_SUFFIX = "_sigma"
 #: Stars tokenised (and moved to the device) at once, in units of the batch size: larger chunks pad less.
 CHUNK_BATCHES = 16
 #: Inputs with more stars than this many batches show a progress bar when `progress=None`.
@@ -62,50 +62,6 @@ class AstroAttentions:
     input_ids: np.ndarray
     encoder: list[np.ndarray]
     cross: list[np.ndarray]
-
-
-class _Rows:
-    """Row slicing of a dict of arrays, a pandas DataFrame, an astropy Table or a `datasets` Dataset/batch."""
-
-    def __init__(self, data: Any):
-        if hasattr(data, "with_format") and hasattr(data, "column_names"):  # datasets.Dataset
-            data = data.with_format("numpy")
-        elif isinstance(data, Mapping) and not hasattr(
-            data, "colnames"
-        ):  # dict of arrays / lists, datasets batch
-            data = {str(key): np.asarray(value) for key, value in data.items()}
-        self.data = data
-        self.columns = _column_names(data)
-        if hasattr(data, "__len__") and not isinstance(data, Mapping):
-            self.num_rows = len(data)
-        else:
-            lengths = {len(value) for value in data.values()}
-            if len(lengths) > 1:
-                raise ValueError(f"The columns of the input have different lengths {sorted(lengths)}.")
-            self.num_rows = lengths.pop() if lengths else 0
-
-    def slice(self, start: int, stop: int) -> Any:
-        if isinstance(self.data, pd.DataFrame):
-            return self.data.iloc[start:stop]
-        if isinstance(self.data, Mapping):
-            return {key: value[start:stop] for key, value in self.data.items()}
-        return self.data[start:stop]  # astropy Table, numpy-formatted datasets.Dataset
-
-    def column(self, name: str) -> np.ndarray:
-        if name not in self.columns:
-            raise KeyError(
-                f"Column {name!r} (in `keep_columns`) is not in the input; it has {self.columns[:10]}."
-            )
-        column = self.data[name]
-        return column.to_numpy() if hasattr(column, "to_numpy") else np.asarray(column)
-
-
-def pool_states(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Per-star embeddings `(batch, hidden)`: encoder states `(batch, inputs, hidden)` pooled over real observations."""
-    mask = attention_mask.bool().unsqueeze(-1)
-    if pooling == "mean":
-        return (states * mask).sum(dim=1) / mask.sum(dim=1)
-    return states.masked_fill(~mask, -math.inf).amax(dim=1)
 
 
 class AstroPredictor:
@@ -150,7 +106,7 @@ class AstroPredictor:
         compile: bool = False,
         attn_implementation: str | None = None,
     ):
-        if not (hasattr(model, "astro") and hasattr(model, "head")):
+        if not hasattr(model, "predict_from_encoding"):
             raise TypeError(
                 f"AstroPredictor needs an AstroForObservationPrediction (with a prediction head), got "
                 f"{type(model).__name__}; load it with AutoModelForPreTraining."
@@ -158,9 +114,7 @@ class AstroPredictor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
         if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(
-                f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}."
-            )
+            raise ValueError(f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}.")
         tokenizer.check_vocabulary(model.config.observation_names)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
@@ -212,24 +166,30 @@ class AstroPredictor:
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, tuple, tuple]:
         """Encoder once, then all requests in one decoder pass (keys/values projected once per block)."""
-        encoder_states, encoder_attentions = self._network.astro.encode(
+        encoder_states, encoder_attentions = self._network.encode(
             input_ids, input_values, attention_mask, output_attentions
         )
         if request_ids is None:
             return None, None, encoder_states.float(), encoder_attentions, ()
-        decoder_states, cross_attentions = self._network.astro.decode(
+        mean, logvar, cross_attentions = self._network.predict_from_encoding(
             request_ids.expand(input_ids.shape[0], -1), encoder_states, attention_mask, output_attentions
         )
-        mean, logvar = self._network.head(decoder_states)
         return mean.float(), logvar.float(), encoder_states, encoder_attentions, cross_attentions
 
     def _batches(
-        self, rows: _Rows, errors: _Rows | None, stars_per_batch: int, progress: bool | None
+        self,
+        rows: StarTable,
+        errors: StarTable | None,
+        stars_per_batch: int,
+        progress: bool | None,
+        invalid: str = "raise",
+        ignore_columns: Sequence[str] = (),
+        empty: list[np.ndarray] | None = None,
     ) -> Iterator[tuple[int, np.ndarray, dict[str, torch.Tensor]]]:
         """
         Yield `(chunk_start, star_indices_in_chunk, tensors)` per batch: stars tokenised a chunk at a time,
         sorted by number of observations and cut to the longest star of each batch. Stars without observations
-        are skipped.
+        are skipped (their rows are appended to `empty`).
         """
         chunk_rows = CHUNK_BATCHES * stars_per_batch
         show = rows.num_rows > PROGRESS_MIN_BATCHES * stars_per_batch if progress is None else progress
@@ -241,7 +201,12 @@ class AstroPredictor:
                     errors=None if errors is None else errors.slice(start, stop),
                     truncation=True,
                     return_tensors="pt",
+                    invalid=invalid,
+                    ignore_columns=ignore_columns,
                 )
+                if empty is not None:
+                    lengths = features["attention_mask"].sum(dim=1).numpy()
+                    empty.append(start + np.flatnonzero(lengths == 0))
                 used = 0
                 for stars, batch in self._sorted_batches(features, stars_per_batch):
                     yield start, stars, batch
@@ -278,6 +243,7 @@ class AstroPredictor:
         output_attentions: bool = False,
         progress: bool | None = None,
         keep_columns: Sequence[str] = (),
+        invalid: str = "raise",
     ) -> pd.DataFrame | tuple[pd.DataFrame, AstroAttentions]:
         r"""
         Predict the requested observations of every star, in physical units.
@@ -299,13 +265,16 @@ class AstroPredictor:
                 attention, slower and memory-hungry: use on small inputs).
             progress: show a tqdm bar (`None`: only for inputs of more than 20 batches).
             keep_columns: input columns copied unchanged (e.g. `source_id`) to the front of the table.
+            invalid: `"raise"` (default): values far outside the tokenizer's range (wrong units, sentinels) and
+                negative, infinite or huge errors are a `ValueError` naming the observation and row; `"mask"`
+                treats them as missing, with a warning (see `AstroTokenizer.read_table`).
 
         Returns:
             `pandas.DataFrame` with one row per input star, in input order, and columns `<name>` and
             `<name>_sigma` for every requested name. Stars without any usable observation get NaN (with one
             warning).
         """
-        rows = _Rows(data)
+        rows = StarTable(data)
         if rows.num_rows == 0:
             raise ValueError("The input holds no star (0 rows): pass at least one star to predict.")
         request = list(request)
@@ -314,8 +283,13 @@ class AstroPredictor:
             raise ValueError(f"`n_samples` must be >= 0, got {n_samples}.")
         if n_samples and output_attentions:
             raise ValueError("`output_attentions=True` is not supported with `n_samples > 0`; pick one.")
-        kept = {name: rows.column(name) for name in keep_columns}
-        error_rows = None if errors is None else _Rows(errors)
+        missing_kept = [name for name in keep_columns if name not in rows.columns]
+        if missing_kept:
+            raise KeyError(
+                f"Column(s) {missing_kept} (in `keep_columns`) are not in the input; it has {rows.columns[:10]}."
+            )
+        kept = {name: rows.raw(name) for name in keep_columns}
+        error_rows = None if errors is None else StarTable(errors)
         if error_rows is not None and error_rows.num_rows != rows.num_rows:
             raise ValueError(f"`errors` has {error_rows.num_rows} rows but `data` has {rows.num_rows}.")
 
@@ -335,7 +309,9 @@ class AstroPredictor:
                 logvar[index] = torch.cat(chunk_logvar).cpu().numpy()
             chunk_index.clear(), chunk_mean.clear(), chunk_logvar.clear()
 
-        for start, stars, batch in self._batches(rows, error_rows, stars_per_batch, progress):
+        empty: list[np.ndarray] = []
+        batches = self._batches(rows, error_rows, stars_per_batch, progress, invalid, keep_columns, empty)
+        for start, stars, batch in batches:
             if start != chunk_start:
                 flush()
                 chunk_start = start
@@ -356,7 +332,7 @@ class AstroPredictor:
             chunk_logvar.append(batch_logvar)
         flush()
 
-        self._warn_empty_stars(mean[:, 0])
+        self._warn_empty_stars(mean, empty)
         value, sigma = self.tokenizer.inverse_transform(mean, logvar, request_ids.cpu().numpy()[None, :])
         columns = dict(kept)
         for i, name in enumerate(request):
@@ -410,7 +386,8 @@ class AstroPredictor:
             index = np.concatenate(indices)
             mean[index] = torch.cat(means).cpu().numpy()
             logvar[index] = torch.cat(logvars).cpu().numpy()
-        self._warn_empty_stars(mean[:, 0])
+        empty = [np.flatnonzero(tensors["attention_mask"].sum(dim=1).numpy() == 0)]
+        self._warn_empty_stars(mean, empty)
         value, sigma = self.tokenizer.inverse_transform(mean, logvar, request_ids.cpu().numpy()[None, :])
         columns = {}
         for i, name in enumerate(request):
@@ -427,27 +404,34 @@ class AstroPredictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Monte-Carlo propagation of the input errors: mean and log total variance over `n_samples` draws."""
         values, errors, mask = batch["input_values"], batch["input_errors"], batch["attention_mask"]
-        noise = torch.randn(
-            (n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype
-        )
+        noise = torch.randn((n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype)
         sampled = (values + noise * errors * mask).flatten(0, 1)
         repeat = (n_samples, 1)
-        mean, logvar, *_ = self._forward(
-            batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids
-        )
+        mean, logvar, *_ = self._forward(batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids)
         mean = mean.view(n_samples, *values.shape[:1], -1)
         variance = logvar.view_as(mean).exp().mean(dim=0)
         spread = mean.var(dim=0, correction=1) if n_samples > 1 else torch.zeros_like(variance)
         return mean.mean(dim=0), torch.log(variance + spread)
 
     @staticmethod
-    def _warn_empty_stars(first_output: np.ndarray) -> None:
-        empty = np.flatnonzero(np.isnan(first_output))
-        if empty.size:
+    def _warn_empty_stars(outputs: np.ndarray, empty: list[np.ndarray]) -> None:
+        """One warning for stars without observations, another for stars whose outputs are not finite."""
+        empty_rows = np.sort(np.concatenate(empty)) if empty else np.zeros(0, dtype=np.int64)
+        if empty_rows.size:
             warnings.warn(
-                f"{empty.size} star(s) (first at row {empty[0]}) have no usable observation (all missing or "
-                "not in the vocabulary): their outputs are NaN.",
+                f"{empty_rows.size} star(s) (first at row {empty_rows[0]}) have no usable observation (all missing "
+                "or not in the vocabulary): their outputs are NaN.",
                 stacklevel=4,  # _warn_empty_stars <- predict/embed <- inference_mode wrapper <- caller
+            )
+        broken = ~np.isfinite(outputs).all(axis=1)
+        broken[empty_rows] = False
+        if broken.any():
+            rows = np.flatnonzero(broken)
+            warnings.warn(
+                f"The model returned non-finite outputs for {rows.size} star(s) with observations (first at row "
+                f"{rows[0]}): the model's weights or these stars' inputs are broken; check them.",
+                RuntimeWarning,
+                stacklevel=4,
             )
 
     def _gather_attentions(self, batches: list, num_stars: int, num_requests: int) -> AstroAttentions:
@@ -458,14 +442,10 @@ class AstroPredictor:
         encoder, cross = [], []
         for layer in range(len(batches[0][2]) if batches else 0):
             heads = batches[0][2][layer].shape[1]
-            encoder.append(
-                np.full((num_stars, heads, longest, longest + extra_keys), np.nan, dtype=np.float32)
-            )
+            encoder.append(np.full((num_stars, heads, longest, longest + extra_keys), np.nan, dtype=np.float32))
         for layer in range(len(batches[0][3]) if batches else 0):
             heads = batches[0][3][layer].shape[1]
-            cross.append(
-                np.full((num_stars, heads, num_requests, longest + extra_keys), np.nan, dtype=np.float32)
-            )
+            cross.append(np.full((num_stars, heads, num_requests, longest + extra_keys), np.nan, dtype=np.float32))
         for stars, ids, encoder_att, cross_att in batches:
             length = ids.shape[1]
             input_ids[stars, :length] = ids.cpu().numpy()
@@ -489,25 +469,25 @@ class AstroPredictor:
         pooling: str = "mean",
         errors: Mapping[str, Any] | None = None,
         progress: bool | None = None,
+        invalid: str = "raise",
     ) -> np.ndarray:
         """
         Per-star embeddings `(num_stars, hidden_size)`: the encoder states pooled over each star's real
         observations (`pooling="mean"` or `"max"`), in input order. Stars without any usable observation get
-        NaN rows.
+        NaN rows. `invalid` as in [`predict`].
         """
         if pooling not in ("mean", "max"):
             raise ValueError(f"`pooling` must be 'mean' or 'max', got {pooling!r}.")
-        rows = _Rows(data)
+        rows = StarTable(data)
         if rows.num_rows == 0:
             raise ValueError("The input holds no star (0 rows): pass at least one star to embed.")
         vectors = np.full((rows.num_rows, self.model.config.hidden_size), np.nan, dtype=np.float32)
-        error_rows = None if errors is None else _Rows(errors)
-        for start, stars, batch in self._batches(rows, error_rows, self.batch_size, progress):
-            *_, states, _, _ = self._forward(
-                batch["input_ids"], batch["input_values"], batch["attention_mask"], None
-            )
+        error_rows = None if errors is None else StarTable(errors)
+        empty: list[np.ndarray] = []
+        for start, stars, batch in self._batches(rows, error_rows, self.batch_size, progress, invalid, (), empty):
+            *_, states, _, _ = self._forward(batch["input_ids"], batch["input_values"], batch["attention_mask"], None)
             vectors[start + stars] = pool_states(states, batch["attention_mask"], pooling).cpu().numpy()
-        self._warn_empty_stars(vectors[:, 0])
+        self._warn_empty_stars(vectors, empty)
         return vectors
 
     def predict_stream(

@@ -1,5 +1,7 @@
 """PyTorch implementation of the Leung & Bovy (2024) transformer foundation model for stars."""
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +13,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_astro import AstroConfig
 
@@ -253,6 +255,46 @@ class AstroPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["AstroBlock"]
 
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
+    ) -> "AstroPreTrainedModel":
+        """
+        Load as transformers does, then check what transformers does not: a config inconsistent with itself
+        (`AstroConfig.from_dict`) or a truncated/corrupt weights file is an error naming the file, and so are
+        weights holding NaN or inf (a diverged run saved), naming the parameter.
+        """
+        source = str(pretrained_model_name_or_path)
+        weights = source
+        for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME):
+            if os.path.isfile(os.path.join(source, name)):
+                weights = os.path.join(source, name)
+                break
+        from safetensors import SafetensorError
+
+        try:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            raise OSError(
+                f"{weights}: the weights file is truncated or corrupt ({error}); download or save the checkpoint again."
+            ) from error
+        except RuntimeError as error:
+            if "mismatched" not in str(error):
+                raise
+            raise ValueError(
+                f"{weights}: the weights' shapes do not match the config.json beside them (observation_names, "
+                "hidden sizes or layer widths edited?); the load report above lists the parameters. Save the model "
+                "and its config together."
+            ) from error
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ValueError(
+                    f"{weights}: parameter {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}: the checkpoint "
+                    "is broken (saved from a diverged run?); load an earlier checkpoint."
+                )
+        return model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save as transformers does, with an `auto_map` that also names the bare model and the prediction head."""
         self.config.auto_map = {
@@ -364,6 +406,8 @@ class AstroPreTrainedModel(PreTrainedModel):
                 f"{input_ids.shape[1]} input observations per star exceed the model's context length "
                 f"({self.config.context_length}); select at most {self.config.context_length} observations per star."
             )
+        if input_ids.device.type == "meta":  # shapes only: a meta tensor has no values to check
+            return
         vocab_size = self.config.vocab_size
         for name, ids in (("input_ids", input_ids), ("request_ids", request_ids)):
             if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
@@ -509,6 +553,7 @@ class AstroModel(AstroPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        encoder_outputs: torch.Tensor | None = None,
         **kwargs,
     ) -> AstroModelOutput | tuple:
         r"""
@@ -527,6 +572,9 @@ class AstroModel(AstroPreTrainedModel):
                 Also return the states entering every block and the final ones.
             return_dict (`bool`, *optional*, defaults to `config.return_dict`):
                 Return an [`AstroModelOutput`] rather than a plain tuple of its non-`None` fields.
+            encoder_outputs (`torch.Tensor` of shape `(batch_size, num_inputs, hidden_size)`, *optional*):
+                Encoder states of these inputs computed before ([`encode`], or `encoder_last_hidden_state` of an
+                earlier call): the encoder is not run again, e.g. to decode new requests of the same stars.
         """
         config = self.config
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
@@ -536,13 +584,22 @@ class AstroModel(AstroPreTrainedModel):
             attention_mask = input_ids != config.pad_token_id
         self._validate_inputs(input_ids, input_values, attention_mask, request_ids)
         key_mask = self.key_mask(attention_mask)
-        encoder_states, hidden_states, attentions = self._run_blocks(
-            self.encoder,
-            self.embeddings(input_ids, input_values),
-            key_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        if encoder_outputs is None:
+            encoder_states, hidden_states, attentions = self._run_blocks(
+                self.encoder,
+                self.embeddings(input_ids, input_values),
+                key_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        else:
+            expected = (*input_ids.shape, self.config.hidden_size)
+            if tuple(encoder_outputs.shape) != expected:
+                raise ValueError(
+                    f"`encoder_outputs` must have shape {expected} (the encoder states of these inputs), got "
+                    f"{tuple(encoder_outputs.shape)}."
+                )
+            encoder_states, hidden_states, attentions = encoder_outputs, None, None
         decoder_states = decoder_hidden_states = cross_attentions = None
         if request_ids is not None:
             decoder_states, decoder_hidden_states, cross_attentions = self._run_blocks(
@@ -609,6 +666,59 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         self.head = AstroPredictionHead(config)
         self.post_init()
 
+    # The public steps of `forward`, for callers that run them separately (the predictor decodes many requests
+    # against one encoding, the ONNX export writes two graphs, contrastive fine-tuning trains the encoder only).
+    def get_encoder(self) -> AstroModel:
+        """The base model, whose [`AstroModel.encode`] gives the encoder states (transformers' convention)."""
+        return self.astro
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters the encoder states depend on: the value embedding and the encoder blocks."""
+        return [*self.astro.embeddings.parameters(), *self.astro.encoder.parameters()]
+
+    def encode(
+        self,
+        input_ids: torch.LongTensor,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Encoder states `(batch, num_inputs, hidden)` of the input observations (inputs validated), and the
+        encoder's attention weights when `output_attentions`."""
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        self._validate_inputs(input_ids, input_values, attention_mask, None)
+        return self.astro.encode(input_ids, input_values, attention_mask, output_attentions)
+
+    def predict_from_encoding(
+        self,
+        request_ids: torch.LongTensor,
+        encoder_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Mean and log-variance `(batch, num_requests)` of the requested observations given the encoder states of
+        [`encode`] (all requests in one decoder pass), and the cross-attention weights when `output_attentions`."""
+        decoder_states, cross_attentions = self.astro.decode(
+            request_ids, encoder_states, attention_mask, output_attentions
+        )
+        mean, logvar = self.head(decoder_states)
+        return mean, logvar, cross_attentions
+
+    def pooled_embedding(
+        self,
+        input_ids: torch.LongTensor,
+        input_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        pooling: str = "mean",
+    ) -> torch.Tensor:
+        """Per-star embeddings `(batch, hidden)`: encoder states pooled (`"mean"` or `"max"`) over the star's
+        observations; differentiable."""
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        states, _ = self.encode(input_ids, input_values, attention_mask)
+        return pool_states(states, attention_mask, pooling)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -621,11 +731,13 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        encoder_outputs: torch.Tensor | None = None,
         **kwargs,
     ) -> AstroObservationPredictionOutput | tuple:
         r"""
         Args:
-            input_ids, input_values, attention_mask, request_ids, output_attentions, output_hidden_states, return_dict:
+            input_ids, input_values, attention_mask, request_ids, output_attentions, output_hidden_states, return_dict,
+            encoder_outputs:
                 See [`AstroModel.forward`]. A request id of 0 is padding: its prediction is ignored by the loss.
             labels (`torch.FloatTensor` of shape `(batch_size, num_requests)`, *optional*):
                 Standardised true values of the requested observations; NaN marks a target to ignore.
@@ -644,6 +756,7 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            encoder_outputs=encoder_outputs,
         )
         mean, logvar = self.head(outputs.last_hidden_state)
         loss = None
@@ -660,6 +773,16 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
             cross_attentions=outputs.cross_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+def pool_states(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Per-star embeddings `(batch, hidden)`: encoder states `(batch, inputs, hidden)` pooled over real observations."""
+    if pooling not in ("mean", "max"):
+        raise ValueError(f"`pooling` must be 'mean' or 'max', got {pooling!r}.")
+    mask = attention_mask.bool().unsqueeze(-1)
+    if pooling == "mean":
+        return (states * mask).sum(dim=1) / mask.sum(dim=1)
+    return states.masked_fill(~mask, -math.inf).amax(dim=1)
 
 
 def gaussian_nll(

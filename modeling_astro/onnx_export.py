@@ -33,10 +33,10 @@ class AstroEncoderGraph(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.astro = model.astro
+        self.model = model
 
     def forward(self, input_ids: torch.Tensor, input_values: torch.Tensor, attention_mask: torch.Tensor):
-        return self.astro.encode(input_ids, input_values, attention_mask)[0]
+        return self.model.encode(input_ids, input_values, attention_mask)[0]
 
 
 class AstroDecoderGraph(nn.Module):
@@ -44,12 +44,10 @@ class AstroDecoderGraph(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.astro = model.astro
-        self.head = model.head
+        self.model = model
 
     def forward(self, request_ids: torch.Tensor, encoder_states: torch.Tensor, attention_mask: torch.Tensor):
-        decoder_states = self.astro.decode(request_ids, encoder_states, attention_mask)[0]
-        return self.head(decoder_states)
+        return self.model.predict_from_encoding(request_ids, encoder_states, attention_mask)[:2]
 
 
 def _example_inputs(config, batch: int = 3, length: int = 5, requests: int = 4) -> tuple[torch.Tensor, ...]:

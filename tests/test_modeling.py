@@ -214,3 +214,28 @@ def test_add_observations_grows_the_embedding_and_keeps_weights(config):
     assert torch.isfinite(new.mean).all()
     with pytest.raises(ValueError, match="already"):
         model.add_observations(["ca_h"])
+
+
+def test_public_steps_equal_forward_and_encoder_outputs_skip_the_encoder():
+    """encode + predict_from_encoding == forward; forward(encoder_outputs=...) decodes without re-encoding."""
+    config = tiny_config(encoder_dropout=0.0, decoder_dropout=0.0)
+    model = AstroForObservationPrediction(config).eval()
+    batch = random_batch(config)
+    with torch.no_grad():
+        full = model(**batch)
+        states, _ = model.encode(batch["input_ids"], batch["input_values"], batch["attention_mask"])
+        mean, logvar, _ = model.predict_from_encoding(batch["request_ids"], states, batch["attention_mask"])
+        calls = []
+        hook = model.astro.encoder[0].register_forward_hook(lambda *args: calls.append(1))
+        reused = model(**batch, encoder_outputs=full.encoder_last_hidden_state)
+        hook.remove()
+        pooled = model.pooled_embedding(batch["input_ids"], batch["input_values"], batch["attention_mask"])
+    torch.testing.assert_close(states, full.encoder_last_hidden_state)
+    torch.testing.assert_close(mean, full.mean)
+    torch.testing.assert_close(logvar, full.logvar)
+    torch.testing.assert_close(reused.mean, full.mean)
+    assert calls == [], "the encoder did not run again"
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(pooled[1], states[1][mask[1]].mean(dim=0))
+    with pytest.raises(ValueError, match="encoder_outputs"):
+        model(**batch, encoder_outputs=states[:, :1])

@@ -88,6 +88,17 @@ def test_run_writes_a_hub_ready_folder(tiny_trained_checkpoint):
     validation = [record["val_loss"] for record in records if "val_loss" in record]
     assert records[-1]["step"] == 120 and len(validation) == 2
     assert validation[-1] < validation[0], "the validation loss goes down"
+    run = json.loads((tiny_trained_checkpoint / "training_args.json").read_text())
+    assert run["num_threads"] == 1 and run["available_cores"] >= 1  # --num_threads 1 of tiny_train_args
+    assert run["planned_steps"] == run["final_step"] == 120 and run["steps_per_s"] > 0
+    assert f"1 process(es) x 1 CPU thread(s), {run['steps_per_s']} steps/s, 120 steps planned" in card
+
+
+def test_threads_default_to_the_cores_given_to_the_process(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # the machine's load does not count
+    assert train.available_cores() == 6
+    assert [train.cpu_threads(processes) for processes in (1, 2, 4, 8)] == [6, 3, 1, 1]
 
 
 def test_sigkill_then_resume_continues_exactly(tiny_survey, tmp_path):

@@ -13,20 +13,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..inference import pool_states
+from ..observations import LABEL_PROMPT
 from .labels import SPECTRA_INPUTS, select_inputs
 
-LABELS_VIEW: tuple[str, ...] = ("teff", "logg", "m_h", "logebv")
+LABELS_VIEW = LABEL_PROMPT  # the second view: the labels and the extinction
 """The labels-only view: APOGEE-like labels and extinction."""
 
 
 def pooled_embedding(model, features: dict[str, torch.Tensor]) -> torch.Tensor:
     """Differentiable per-star embedding (B, hidden): encoder states averaged over the star's observations,
     as ``AstroPredictor.embed(pooling="mean")`` computes them."""
-    states, _ = model.astro.encode(
-        features["input_ids"], features["input_values"], features["attention_mask"]
-    )
-    return pool_states(states, features["attention_mask"], "mean")
+    return model.pooled_embedding(features["input_ids"], features["input_values"], features["attention_mask"])
 
 
 def info_nce_loss(view_a: torch.Tensor, view_b: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -78,7 +75,7 @@ def contrastive_finetune(
         )
     device = next(model.parameters()).device
     features = [{key: value[usable].to(device) for key, value in view.items()} for view in features]
-    trainable = [*model.astro.embeddings.parameters(), *model.astro.encoder.parameters()]
+    trainable = model.encoder_parameters()
     optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     losses = []

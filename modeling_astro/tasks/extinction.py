@@ -21,7 +21,7 @@ import numpy as np
 
 from dataset_builder.physics import ExtinctionLaw
 
-from ._plotting import new_figure, save_figure
+from .plotting import new_figure, save_figure
 from .spectra import XP_NAMES, sample_xp
 
 DEFAULT_EBV: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)

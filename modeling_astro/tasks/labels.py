@@ -9,18 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._plotting import new_figure, save_figure
-from .spectra import SIGMA_SUFFIX
+from ..observations import EVALUATION_INPUTS, LABEL_REQUEST, SIGMA_SUFFIX
+from .plotting import new_figure, save_figure
 
-SPECTRA_INPUTS: tuple[str, ...] = (
-    *(f"bp{i}" for i in range(30)),
-    *(f"rp{i}" for i in range(30)),
-    "bprp",
-    "jh",
-    "jk",
-)
-"""The paper's spectra -> labels inputs: BP/RP coefficients 0-29 (/ f_G) and the BP-RP, J-H, J-K colours."""
-LABEL_REQUEST: tuple[str, ...] = ("teff", "logg", "m_h", "logebv", "g_fakemag")
+SPECTRA_INPUTS = EVALUATION_INPUTS  # the paper's spectra -> labels inputs
 
 
 def select_inputs(data: Any, names: tuple[str, ...] | list[str]) -> dict[str, np.ndarray]:

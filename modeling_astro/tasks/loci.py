@@ -9,7 +9,7 @@ import pandas as pd
 
 from dataset_builder.features import LOGEBV_FLOOR
 
-from ._plotting import new_figure, save_figure
+from .plotting import new_figure, save_figure
 from .spectra import SIGMA_SUFFIX
 
 LOCI_REQUEST: tuple[str, ...] = ("teff", "bprp", "jh", "jk")

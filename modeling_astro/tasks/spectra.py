@@ -19,17 +19,12 @@ import numpy as np
 import pandas as pd
 
 from dataset_builder.features import g_band_flux
-from dataset_builder.schema import XP_LENGTH
 from dataset_builder.xp_projection import BANDS, _check_gaiaxpy_version
 
-from ._plotting import new_figure, save_figure
+from ..observations import BP_NAMES, LABEL_PROMPT, RP_NAMES, SIGMA_SUFFIX, XP_NAMES
+from .plotting import new_figure, save_figure
 
-BP_NAMES: tuple[str, ...] = tuple(f"bp{i}" for i in range(XP_LENGTH))
-RP_NAMES: tuple[str, ...] = tuple(f"rp{i}" for i in range(XP_LENGTH))
-XP_NAMES: tuple[str, ...] = BP_NAMES + RP_NAMES
-LABEL_INPUTS: tuple[str, ...] = ("teff", "logg", "m_h", "logebv")
-"""The stellar labels a generated spectrum is conditioned on (the paper's labels -> XP task)."""
-SIGMA_SUFFIX = "_sigma"
+LABEL_INPUTS = LABEL_PROMPT  # the stellar labels a generated spectrum is conditioned on (labels -> XP)
 
 
 @cache
