@@ -150,6 +150,8 @@ def two_node_run(model: Path, data: Path, out: Path, dtype: str, rows: int) -> d
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     address = f"127.0.0.1:{port}"
+    # one authentication mode for the head, the second node and the driver (the driver inherits os.environ)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     common = ["--num-cpus", "1", "--block", "--disable-usage-stats"]
     nodes = []
