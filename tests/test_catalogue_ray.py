@@ -34,6 +34,7 @@ from modeling_astro import AstroForObservationPrediction, AstroTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = ["teff", "logg"]
+INPUTS = [f"bp{i}" for i in range(7)] + [f"rp{i}" for i in range(7)] + ["bprp"]  # within the tiny tokenizer's range
 N_STARS = 2000
 ROWS_PER_FILE = 250
 
@@ -135,7 +136,7 @@ def model(tmp_path_factory) -> Path:
 
 
 def run_options(**kwargs) -> dict:
-    return dict(request=REQUEST, rows_per_chunk=100, progress=False, **kwargs)
+    return dict(request=REQUEST, inputs=INPUTS, rows_per_chunk=100, progress=False, **kwargs)
 
 
 def read_all(folder: Path) -> pd.DataFrame:
@@ -176,7 +177,8 @@ def test_matches_in_process_predictor(bulk_predictions, bulk, model):
 
     predictor = AstroPredictor.from_pretrained(str(model), device="cpu")
     path = sorted(bulk.glob("Xp*"))[2]
-    stars = {k: v for chunk in iter_bulk_inputs(path) for k, v in chunk.items()}
+    stars = {k: v for chunk in iter_bulk_inputs(path) for k, v in chunk.items() if k.removesuffix("_err") in INPUTS}
+    stars["source_id"] = np.concatenate([chunk["source_id"] for chunk in iter_bulk_inputs(path)])
     expected = predictor.predict(stars, REQUEST, keep_columns=["source_id"]).set_index("source_id")
     pd.testing.assert_frame_equal(bulk_predictions.loc[expected.index], expected, rtol=1e-5, atol=1e-6)
 
@@ -204,7 +206,8 @@ def test_driver_killed_and_rerun_exactly_once(ray_cluster, bulk, model, bulk_pre
     address = ray_cluster.get_runtime_context().gcs_address
     command = [
         *(sys.executable, "-m", "modeling_astro.catalogue_ray", "--model", str(model), "--data", str(bulk)),
-        *("--out", str(tmp_path), "--request", *REQUEST, "--rows-per-chunk", "100", "--address", address),
+        *("--out", str(tmp_path), "--request", *REQUEST, "--inputs", *INPUTS),
+        *("--rows-per-chunk", "100", "--address", address),
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
