@@ -46,14 +46,16 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .catalogue_inference import DTYPES, input_shards
-from .feature_extraction_astro import ERROR_SUFFIX
-from .inference import SIGMA_SUFFIX
 from .io_utils import atomic_path
+from .observations import ERROR_SUFFIX, SIGMA_SUFFIX
 
 FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN = "_file", "_row", "_file_rows"
 NODE_COLUMN, PID_COLUMN = "_node", "_pid"
 TAG_COLUMNS = (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, NODE_COLUMN, PID_COLUMN)
 KINDS = ("bulk", "hats", "shards")
+READ_TASK_MEMORY = 256 << 20
+"""Declared memory of a read task [bytes], plus `READ_MEMORY_PER_STAR` per star of a chunk."""
+READ_MEMORY_PER_STAR = 4096
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -244,8 +246,9 @@ class _Collector:
         if not keep.all():
             self.summary.duplicate_rows_dropped += int((~keep).sum())
             table, rows = table.filter(pa.array(keep)), rows[keep]
-        if len(rows) != self.totals[index]:
-            return  # duplicates made it look complete: wait for the missing rows
+        if len(rows) != self.totals[index]:  # duplicates made it look complete: keep waiting for the missing rows
+            self.parts[index], self.rows[index] = [table], len(rows)
+            return
         self._write(index, table.select(["source_id", *self.value_columns]))
 
     def _write(self, index: int, table: pa.Table) -> None:
@@ -273,6 +276,24 @@ class _Collector:
 
 
 # ---------------------------------------------------------------------------------------------------- driver
+def start_ray(address: str | None = None, attempts: int = 3, **options: Any) -> None:
+    """
+    `ray.init` on `address` (an existing cluster) or, when None, a new local Ray on this machine; a local start
+    is tried `attempts` times, since Ray gives its raylet a fixed 30 s to register, which an overloaded machine
+    can miss.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address or "local", **options)
+            return
+        except Exception as error:  # ray raises a bare Exception for the start-up timeout
+            ray.shutdown()
+            if address is not None or attempt == attempts or "timed out during startup" not in str(error):
+                raise
+
+
 def predict_catalogue_ray(
     model: str | os.PathLike,
     data: str | os.PathLike,
@@ -323,7 +344,7 @@ def predict_catalogue_ray(
         options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False)
         if address is None and object_store_mb:
             options["object_store_memory"] = int(object_store_mb) << 20
-        ray.init(address=address or "local", **options)
+        start_ray(address, **options)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -334,6 +355,9 @@ def predict_catalogue_ray(
             batch_size=1,
             batch_format="numpy",
             num_cpus=1,
+            # declared memory of a read task (a chunk in flight, one GaiaSource file's photometry); differing
+            # resources also keep Ray Data from fusing these CPU tasks into the model actors
+            memory=READ_TASK_MEMORY + rows_per_chunk * READ_MEMORY_PER_STAR,
             fn_kwargs=dict(
                 kind=kind,
                 tokenizer=tokenizer,
