@@ -44,6 +44,7 @@ from modeling_astro.evaluation import (
     load_split_tables,
 )
 from modeling_astro.io_utils import (
+    INTERNAL_PREFIX,
     CorruptFileError,
     DiskFullError,
     FolderInUseError,
@@ -712,7 +713,9 @@ def save_final(
         (staging / "training_args.json").write_text(json.dumps({**asdict(args), **run_info}, indent=1))
         written = {path.name for path in staging.iterdir()}
         for path in output_dir.iterdir():
-            if path.name not in written and not any(path.match(pattern) for pattern in FINAL_MODEL_FILES):
+            if path.name in written or path.name.startswith(INTERNAL_PREFIX):
+                continue
+            if not any(path.match(pattern) for pattern in FINAL_MODEL_FILES):
                 link_tree(path, staging / path.name)
 
 

@@ -20,7 +20,6 @@ a full disk) leaves each output either as it was before or complete, never half-
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -32,10 +31,16 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not locked
+    fcntl = None
+
 TEMPORARY_SUFFIX = ".partial"
 NEW_INFIX = ".new-"
 OLD_INFIX = ".old-"
-COMPLETE_MARKER = ".astro-complete"
+INTERNAL_PREFIX = ".astro"  # names of this module's own files inside an output folder
+COMPLETE_MARKER = f"{INTERNAL_PREFIX}-complete"
 TEST_PAUSE_ENV = "ASTRO_TEST_PAUSE_AT"
 TEST_PAUSE_FILE_ENV = "ASTRO_TEST_PAUSE_FILE"
 NO_EXCHANGE_ENV = "ASTRO_NO_RENAME_EXCHANGE"  # tests: take the two-rename path of `replace_folder`
@@ -298,6 +303,10 @@ def replace_folder(final: str | os.PathLike, kept: str | None = None) -> Iterato
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir() and not _parent_writable(final):
+        with folder_lock(final), _replace_contents(final, kept) as staging:
+            yield staging
+        return
     with folder_lock(final):
         kept = kept or (f"{final} is unchanged" if final.exists() else f"{final} was not created")
         staging = final.parent / f".{final.name}{NEW_INFIX}{uuid.uuid4().hex[:12]}"
@@ -324,6 +333,37 @@ def replace_folder(final: str | os.PathLike, kept: str | None = None) -> Iterato
         pause_point("replace_folder:after_swap")
         (final / COMPLETE_MARKER).unlink(missing_ok=True)
         shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _replace_contents(final: Path, kept: str | None) -> Iterator[Path]:
+    """`replace_folder` where the parent of `final` is read-only: staged inside `final`, then moved entry by entry."""
+    warnings.warn(
+        f"{final.parent} is not writable: {final} is replaced entry by entry, not in one step; an interruption "
+        "can leave a mix of old and new files.",
+        stacklevel=3,
+    )
+    staging = final / f"{COMPLETE_MARKER}-staging-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        with disk_full_errors(final, kept=kept or f"{final} is unchanged"):
+            yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    new = {path.name for path in staging.iterdir()}
+    for path in final.iterdir():
+        if path.name in new or path.name.startswith(INTERNAL_PREFIX):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for name in new:
+        if (final / name).is_dir():
+            shutil.rmtree(final / name)
+        os.replace(staging / name, final / name)
+    staging.rmdir()
 
 
 def empty_folder(folder: str | os.PathLike) -> None:
@@ -356,9 +396,18 @@ def link_tree(source: Path, target: Path) -> None:
 _HELD_LOCKS: dict[Path, list] = {}  # lock file -> [handle, depth]: re-entrant within one process
 
 
+def _parent_writable(folder: Path) -> bool:
+    return os.access(Path(folder).absolute().parent, os.W_OK)
+
+
 def lock_file(folder: str | os.PathLike) -> Path:
-    """The lock file of an output folder: `.<name>.lock` beside it (it survives the folder being swapped)."""
+    """
+    The lock file of an output folder: `.<name>.lock` beside it (it survives the folder being swapped), or
+    `.astro.lock` inside it where the folder's parent is not writable.
+    """
     folder = Path(folder).absolute()
+    if not _parent_writable(folder) and folder.is_dir():
+        return folder / f"{INTERNAL_PREFIX}.lock"
     return folder.parent / f".{folder.name}.lock"
 
 
@@ -370,6 +419,9 @@ def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> Itera
     another process does. An interrupted `replace_folder` of `folder` is repaired once the lock is held.
     """
     path = lock_file(folder)
+    if fcntl is None:
+        yield
+        return
     if path in _HELD_LOCKS:
         _HELD_LOCKS[path][1] += 1
         try:
