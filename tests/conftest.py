@@ -4,6 +4,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,12 +26,53 @@ SHARED_DATA = next(
 """The read-only real survey files and original checkpoint, in the `shared/` folder beside the checkout (or above)."""
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers (any HTTP status), for at most ``timeout`` seconds.
+
+    Raises AssertionError if ``process`` (the server) exits first or on the timeout, with the end of ``log`` (the
+    server's output file).
+    """
+
+    def output() -> str:
+        return log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # localhost: never through a proxy
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode} before answering {url}:\n{output()}")
+        try:
+            with opener.open(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer within {timeout} s:\n{output()}")
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a server started with ``start_new_session=True`` and all its children (SIGKILL if it lingers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def run_process_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """`subprocess.run` of a launcher (accelerate / torchrun) whose workers die with it on a timeout, on a free
     rendezvous port (`{port}` in `command` is replaced), so a slow or stuck run cannot leave processes behind."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())
     command = [port if part == "{port}" else part for part in command]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs

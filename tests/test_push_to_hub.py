@@ -1,6 +1,7 @@
 """--push_to_hub without network: huggingface_hub's HTTP client gets a mock transport of the Hub API."""
 
 import base64
+import hashlib
 import json
 
 import httpx2
@@ -23,9 +24,7 @@ class FakeHub:
         if path == "/api/repos/create":
             body = json.loads(request.content)
             self.created.append(body)
-            return httpx2.Response(
-                200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"}
-            )
+            return httpx2.Response(200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"})
         if path == "/api/validate-yaml":
             self.validated_yaml.append(json.loads(request.content)["content"])
             return httpx2.Response(200, json={"errors": [], "warnings": []})
@@ -35,8 +34,7 @@ class FakeHub:
                 200,
                 json={
                     "files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                        for f in files
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
                     ]
                 },
             )
@@ -70,9 +68,7 @@ def test_push_commits_exactly_the_model_folder(tiny_trained_checkpoint, fake_hub
     assert url == "https://huggingface.co/user/astro/commit/0123"
     assert [(body["organization"], body["name"]) for body in fake_hub.created] == [("user", "astro")]
     expected = {
-        path.name
-        for path in tiny_trained_checkpoint.iterdir()
-        if path.is_file() and not path.name.endswith(".tmp")
+        path.name for path in tiny_trained_checkpoint.iterdir() if path.is_file() and not path.name.endswith(".tmp")
     }
     assert set(fake_hub.committed) == expected, "the whole model folder and nothing else (no checkpoints/)"
     assert {
@@ -85,6 +81,9 @@ def test_push_commits_exactly_the_model_folder(tiny_trained_checkpoint, fake_hub
     } <= expected
     for name in ("config.json", "model.safetensors", "README.md"):
         assert fake_hub.committed[name] == (tiny_trained_checkpoint / name).read_bytes()
+    committed = {path: hashlib.sha256(content).hexdigest() for path, content in fake_hub.committed.items()}
+    on_disk = {name: hashlib.sha256((tiny_trained_checkpoint / name).read_bytes()).hexdigest() for name in expected}
+    assert committed == on_disk, "the commit operations: exactly these paths with exactly these contents"
     assert fake_hub.validated_yaml and "library_name: transformers" in fake_hub.validated_yaml[0]
 
 
