@@ -46,7 +46,7 @@ from modeling_astro.tasks import (  # noqa: E402
     sample_xp,
     stellar_loci,
 )
-from modeling_astro.tasks._plotting import new_figure  # noqa: E402
+from modeling_astro.tasks.plotting import new_figure  # noqa: E402
 
 MODEL_ENV = "ASTRO_MODEL"
 """Environment variable naming the checkpoint folder or Hub repository id (the Space setting)."""
