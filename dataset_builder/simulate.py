@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from modeling_astro.observations import G_FLUX_ZERO_POINT
+
 from . import xp_errors
 from .physics import (
     ExtinctionLaw,
@@ -42,8 +44,6 @@ from .schema import XP_LENGTH
 from .xp_forward import XPForwardModel
 from .xp_projection import XPProjector
 
-G_FLUX_ZERO_POINT = 25.6873668671
-"""Gaia DR3 G-band Vega zero point: f_G = 10**((ZP - G) / 2.5) [e-/s]."""
 SOLUTION_ID = 4545469030156206080
 BASIS_FUNCTION_ID = {"bp": 56, "rp": 57}
 N_CORRELATIONS = XP_LENGTH * (XP_LENGTH - 1) // 2
