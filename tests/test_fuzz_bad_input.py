@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import SHARED_DATA, tiny_config
 from dataset_builder import DatasetBuildError, read_gaia_source, read_xp_continuous
+from dataset_builder.readers import GAIA_SOURCE_REQUIRED
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer, ObservationNameError
 from modeling_astro.convert_original import OriginalCheckpointError, convert_original_checkpoint
 from modeling_astro.data_collator_astro import AstroDataCollator
@@ -602,19 +603,8 @@ def test_fuzz_null_array_cells_are_a_missing_band(tmp_path):
 
 
 def test_fuzz_semicolon_gaia_source_with_null_cells(tmp_path):
-    columns = [
-        "source_id",
-        "phot_g_mean_mag",
-        "bp_rp",
-        "parallax",
-        "parallax_error",
-        "ruwe",
-        "phot_bp_rp_excess_factor",
-        "nu_eff_used_in_astrometry",
-        "pseudocolour",
-        "ecl_lat",
-        "astrometric_params_solved",
-    ]
+    columns = list(GAIA_SOURCE_REQUIRED)  # source_id first, astrometric_params_solved last
+    assert columns[0] == "source_id" and columns[-1] == "astrometric_params_solved" and len(columns) == 11
     lines = [";".join(columns), ";".join(["1"] + ["1.5"] * 9 + ["31"]), ";".join(["2"] + ["null"] * 9 + ["95"])]
     path = tmp_path / "gaia_source.csv"
     path.write_text("\n".join(lines) + "\n")
