@@ -132,6 +132,16 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Every test starts with the thread count the suite started with: `train.main` (run in-process by tests and by
+    session fixtures) calls `torch.set_num_threads`, which would otherwise hold for every later test."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def config() -> AstroConfig:
     return tiny_config()
