@@ -6,14 +6,18 @@ same HEALPix pixels) written as Gaia DR3 bulk files (`XpContinuousMeanSpectrum_*
 by the bulk reader) as builder-format parquet shards for today's command, which cannot read bulk files.
 The model has random weights (`--config small` by default, `--config paper` for the 8.8 M model).
 
-Runs, each a fresh process (wall times include start-up: imports, `ray.init`, model loading):
+Runs, each a fresh process, one after another (wall times include start-up: imports, `ray.init`, model loading):
 1. today's command (`modeling_astro.catalogue_inference`) on the shards -> `baseline_stars_per_s`;
 2. Ray (`modeling_astro.catalogue_ray`, local `ray.init`, 1 CPU actor) on the same shards ->
    `ray_shards_stars_per_s`, `ray_overhead` = 1 - ray_shards / baseline (the issue asks <= 15%);
 3. Ray on the bulk `.csv.gz` files (parsing, joining, features, tokenising in CPU tasks) -> `ray_stars_per_s`;
-4. Ray on the bulk files with the model actor SIGKILLed once the first prediction file is written ->
+4. Ray on a HATS copy of the bulk files (`dataset_builder.bulk.write_hats_sample`, order 1) ->
+   `hats_max_abs_difference` against run 3's predictions;
+5. Ray on the bulk files with the model actor SIGKILLed once the first prediction file is written ->
    `duplicates`, `missing` (source_ids, against the input);
-5. a two-node cluster on this machine (`ray start --head --num-cpus 1` + `ray start --address ... --num-cpus 1`,
+6. Ray on the bulk files with the driver's whole process group SIGKILLed once the first prediction file is
+   written, then the same command again -> `driver_rerun_files_skipped`, `driver_rerun_duplicates`/`_missing`;
+7. a two-node cluster on this machine (`ray start --head --num-cpus 1` + `ray start --address ... --num-cpus 1`,
    two actors) on the shards -> `nodes` (nodes that predicted stars) and `stars_per_node`.
 Peak RSS is the peak, sampled every 0.2 s, of the summed RSS of the run's process tree (driver, raylet, Ray
 workers; shared object-store pages count once per process, so it over-counts).
@@ -32,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, THREADS, machine_load, setup_torch  # noqa: E402
+from common import REPO, THREADS, cpu_description, machine_load, setup_torch  # noqa: E402
 
 from configuration_astro import AstroConfig  # noqa: E402
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
@@ -92,18 +95,27 @@ def tree_rss_mb(process: psutil.Process) -> float:
     return total / 2**20
 
 
-def run(command: list[str], out: Path | None = None, kill_actor: bool = False) -> dict:
-    """Run a command; sample its process tree's RSS; optionally SIGKILL the model actor after the first output."""
+def run(command: list[str], out: Path | None = None, kill: str | None = None) -> dict:
+    """Run a command in its own process group; sample its process tree's RSS.
+
+    `kill`: once the first prediction file is in `out`, SIGKILL the model actor (``"actor"``: Ray retries its work)
+    or the whole driver process group (``"driver"``: the run then ends with -9, which is expected).
+    """
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(THREADS)}
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     watched = psutil.Process(process.pid)
     peak, killed = 0.0, None
     while process.poll() is None:
         peak = max(peak, tree_rss_mb(watched))
-        if kill_actor and killed is None and out is not None and list(out.glob("**/*.parquet")):
-            for member in watched.children(recursive=True):
+        if kill and killed is None and out is not None and list(out.glob("**/*.parquet")):
+            if kill == "driver":
+                os.killpg(process.pid, signal.SIGKILL)
+                killed = process.pid
+            for member in watched.children(recursive=True) if kill == "actor" else []:
                 try:
                     if "PredictActor" in " ".join(member.cmdline()):
                         os.kill(member.pid, signal.SIGKILL)
@@ -113,7 +125,7 @@ def run(command: list[str], out: Path | None = None, kill_actor: bool = False) -
                     pass
         time.sleep(0.2)
     stdout, stderr = process.communicate()
-    if process.returncode != 0:
+    if process.returncode != 0 and not (kill == "driver" and killed is not None):
         raise RuntimeError(f"{command[:4]} failed ({process.returncode}):\n{stderr[-4000:]}")
     lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
     return {
@@ -177,15 +189,27 @@ def two_node_run(model: Path, data: Path, out: Path, dtype: str, rows: int) -> d
     return result
 
 
+def same_predictions(first: Path, second: Path) -> float:
+    """The largest absolute difference between two runs' predictions, matched by `source_id`."""
+    tables = [
+        pq.read_table(sorted(out.glob("**/*.parquet"))).to_pandas().set_index("source_id") for out in (first, second)
+    ]
+    a, b = (table.sort_index() for table in tables)
+    if not a.index.equals(b.index):
+        return float("inf")
+    return float(np.nanmax(np.abs(a[b.columns].to_numpy() - b.to_numpy())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-stars", type=int, default=200_000)
     parser.add_argument("--n-shards", type=int, default=8)
     parser.add_argument("--config", choices=["small", "paper"], default="small")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--rows-per-chunk", type=int, default=16384)
     parser.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="reuse the inputs and model already in --workdir")
+    parser.add_argument("--skip", nargs="*", default=[], help="runs to leave out (e.g. ray_two_nodes)")
     args = parser.parse_args()
     timings = {}
     with tempfile.TemporaryDirectory() as temporary:
@@ -199,99 +223,112 @@ def main() -> None:
             bulk, catalogue, expected = write_inputs(work, args.n_stars, args.n_shards)
             save_model(work / "model", args.config, sorted((catalogue / "data").glob("*.parquet"))[0])
         timings["write_inputs_s"] = round(time.perf_counter() - begin, 1)
+        begin = time.perf_counter()
+        hats = work / "hats"
+        if not (args.reuse and hats.is_dir()):
+            from dataset_builder.bulk import write_hats_sample
+
+            shutil.rmtree(hats, ignore_errors=True)
+            write_hats_sample(sorted(bulk.glob("Xp*.csv.gz")), hats, order=1)
+        timings["write_hats_s"] = round(time.perf_counter() - begin, 1)
         model = work / "model"
-        rows = str(args.rows_per_chunk)
-        for name in ("baseline", "ray_shards", "ray_bulk", "ray_bulk_killed", "ray_two_nodes"):
+        rows = args.rows_per_chunk
+        names = ("baseline", "ray_shards", "ray_bulk", "ray_hats", "ray_bulk_killed", "ray_driver_killed")
+        for name in (*names, "ray_two_nodes"):
             shutil.rmtree(work / name, ignore_errors=True)
         threads = ("--cpus-per-actor", "1", "--torch-threads", str(THREADS))
         baseline_command = [
             *(sys.executable, "-m", "modeling_astro.catalogue_inference", "--model", str(model)),
             *("--data", str(catalogue), "--out", str(work / "baseline"), "--request", *REQUEST, "--inputs", *INPUTS),
-            *("--dtype", args.dtype, "--rows-per-chunk", rows),
+            *("--dtype", args.dtype, "--rows-per-chunk", str(rows)),
         ]
+
+        def ray(data: Path, name: str) -> list[str]:
+            return ray_command(model, data, work / name, args.dtype, rows, *threads)
+
+        def driver_killed_then_rerun() -> dict:
+            first = run(ray(bulk, "ray_driver_killed"), work / "ray_driver_killed", kill="driver")
+            finished = len(list((work / "ray_driver_killed").glob("*.parquet")))
+            rerun = run(ray(bulk, "ray_driver_killed"))
+            rerun["files_finished_when_killed"] = finished
+            rerun["seconds"] += first["seconds"]
+            return rerun
+
         stages = {
             "baseline": lambda: run(baseline_command),
-            "ray_shards": lambda: run(
-                ray_command(model, catalogue, work / "ray_shards", args.dtype, args.rows_per_chunk, *threads)
-            ),
-            "ray_bulk": lambda: run(
-                ray_command(model, bulk, work / "ray_bulk", args.dtype, args.rows_per_chunk, *threads)
-            ),
-            "ray_bulk_killed": lambda: run(
-                ray_command(model, bulk, work / "ray_bulk_killed", args.dtype, args.rows_per_chunk, *threads),
-                work / "ray_bulk_killed",
-                True,
-            ),
-            "ray_two_nodes": lambda: two_node_run(
-                model, catalogue, work / "ray_two_nodes", args.dtype, args.rows_per_chunk
-            ),
+            "ray_shards": lambda: run(ray(catalogue, "ray_shards")),
+            "ray_bulk": lambda: run(ray(bulk, "ray_bulk")),
+            "ray_hats": lambda: run(ray(hats, "ray_hats")),
+            "ray_bulk_killed": lambda: run(ray(bulk, "ray_bulk_killed"), work / "ray_bulk_killed", kill="actor"),
+            "ray_driver_killed": driver_killed_then_rerun,
+            "ray_two_nodes": lambda: two_node_run(model, catalogue, work / "ray_two_nodes", args.dtype, rows),
         }
-        # all runs at once: on a shared machine they then see the same conditions (and the whole takes less time)
-        with ThreadPoolExecutor(len(stages)) as pool:
-            futures = {name: pool.submit(stage) for name, stage in stages.items()}
+        # one run at a time: each gets the whole machine, and the comparisons are between like conditions
         results, checks = {}, {}
-        for name, future in futures.items():
+        for name, stage in stages.items():
+            if name in args.skip:
+                continue
             try:
-                results[name] = future.result()
+                results[name] = stage()
                 checks[name] = exactly_once(work / name, expected)
             except (RuntimeError, OSError, ValueError) as error:  # report the other figures all the same
                 print(f"{name} failed: {error}", file=sys.stderr)
                 results[name] = {"seconds": float("nan"), "peak_rss_mb": None, "killed_pid": None, "summary": None}
                 checks[name] = {"duplicates": None, "missing": None}
-            print(f"{name}: {results[name]} {checks[name]}", file=sys.stderr, flush=True)
-    baseline, ray_shards, ray_bulk = results["baseline"], results["ray_shards"], results["ray_bulk"]
-    killed, two_nodes = results["ray_bulk_killed"], results["ray_two_nodes"]
-    killed_check, two_node_check = checks["ray_bulk_killed"], checks["ray_two_nodes"]
-    bulk_check, baseline_check = checks["ray_bulk"], checks["baseline"]
-    empty = {"stars_per_node": {}, "stars_per_actor": {}, "stars_per_s": float("nan")}
-    for result in results.values():
-        result["summary"] = result["summary"] or empty
+            print(f"{name}: {results[name]} {checks[name]} load {machine_load()}", file=sys.stderr, flush=True)
+        hats_difference = same_predictions(work / "ray_bulk", work / "ray_hats") if "ray_hats" in checks else None
+    nothing = {"seconds": float("nan"), "peak_rss_mb": None, "killed_pid": None, "summary": None}
+    empty = {"stars_per_node": {}, "stars_per_actor": {}, "stars_per_s": float("nan"), "files_skipped": None}
+    for name in stages:
+        results.setdefault(name, dict(nothing))
+        checks.setdefault(name, {"duplicates": None, "missing": None})
+        results[name]["summary"] = results[name]["summary"] or empty
 
-    def rate(result: dict) -> float:
-        return round(args.n_stars / result["seconds"], 1)
+    def rate(name: str) -> float:
+        return round(args.n_stars / results[name]["seconds"], 1)
 
-    per_node = two_nodes["summary"]["stars_per_node"]
-    per_actor = ray_bulk["summary"]["stars_per_s"]  # one actor: the run's throughput is the actor's
+    per_node = results["ray_two_nodes"]["summary"]["stars_per_node"]
+    per_actor = results["ray_bulk"]["summary"]["stars_per_s"]  # one actor: the run's throughput is the actor's
     result = {
         "benchmark": "catalogue",
-        "ray_stars_per_s": rate(ray_bulk),
-        "ray_shards_stars_per_s": rate(ray_shards),
-        "baseline_stars_per_s": rate(baseline),
-        "ray_overhead": round(1 - rate(ray_shards) / rate(baseline), 3),
-        "peak_rss_mb": ray_bulk["peak_rss_mb"],
-        "ray_shards_peak_rss_mb": ray_shards["peak_rss_mb"],
-        "baseline_peak_rss_mb": baseline["peak_rss_mb"],
-        "duplicates": killed_check["duplicates"],
-        "missing": killed_check["missing"],
-        "killed_actor_pid": killed["killed_pid"],
-        "killed_run_stars_per_actor": killed["summary"]["stars_per_actor"],
+        "ray_stars_per_s": rate("ray_bulk"),
+        "ray_shards_stars_per_s": rate("ray_shards"),
+        "baseline_stars_per_s": rate("baseline"),
+        "ray_overhead": round(1 - rate("ray_shards") / rate("baseline"), 3),
+        "peak_rss_mb": results["ray_bulk"]["peak_rss_mb"],
+        "ray_shards_peak_rss_mb": results["ray_shards"]["peak_rss_mb"],
+        "baseline_peak_rss_mb": results["baseline"]["peak_rss_mb"],
+        "duplicates": checks["ray_bulk_killed"]["duplicates"],
+        "missing": checks["ray_bulk_killed"]["missing"],
+        "killed_actor_pid": results["ray_bulk_killed"]["killed_pid"],
+        "killed_run_stars_per_actor": results["ray_bulk_killed"]["summary"]["stars_per_actor"],
+        "driver_killed_files_finished": results["ray_driver_killed"].get("files_finished_when_killed"),
+        "driver_rerun_files_skipped": results["ray_driver_killed"]["summary"]["files_skipped"],
+        "driver_rerun_duplicates": checks["ray_driver_killed"]["duplicates"],
+        "driver_rerun_missing": checks["ray_driver_killed"]["missing"],
+        "hats_max_abs_difference": hats_difference,
+        "hats_duplicates": checks["ray_hats"]["duplicates"],
+        "hats_missing": checks["ray_hats"]["missing"],
         "nodes": sum(1 for count in per_node.values() if count > 0),
         "stars_per_node": per_node,
-        "two_node_stars_per_actor": two_nodes["summary"]["stars_per_actor"],
-        "two_node_duplicates": two_node_check["duplicates"],
-        "two_node_missing": two_node_check["missing"],
-        "bulk_run_duplicates": bulk_check["duplicates"],
-        "bulk_run_missing": bulk_check["missing"],
-        "baseline_duplicates": baseline_check["duplicates"],
-        "baseline_missing": baseline_check["missing"],
-        "hours_220M_per_actor": round(CATALOGUE_STARS / per_actor / 3600, 1),
+        "two_node_duplicates": checks["ray_two_nodes"]["duplicates"],
+        "two_node_missing": checks["ray_two_nodes"]["missing"],
+        "bulk_run_duplicates": checks["ray_bulk"]["duplicates"],
+        "bulk_run_missing": checks["ray_bulk"]["missing"],
+        "baseline_duplicates": checks["baseline"]["duplicates"],
+        "baseline_missing": checks["baseline"]["missing"],
+        "hours_220M_per_actor": round(CATALOGUE_STARS / per_actor / 3600, 1) if per_actor == per_actor else None,
         "hours_220M_per_actor_basis": "ray_bulk run, pipeline stars/s incl. start-up, 1 CPU actor, this machine",
-        "wall_s": {
-            "baseline": round(baseline["seconds"], 1),
-            "ray_shards": round(ray_shards["seconds"], 1),
-            "ray_bulk": round(ray_bulk["seconds"], 1),
-            "ray_bulk_killed": round(killed["seconds"], 1),
-            "ray_two_nodes": round(two_nodes["seconds"], 1),
-            **timings,
-        },
+        "wall_s": {name: round(results[name]["seconds"], 1) for name in stages} | timings,
         "n_stars": args.n_stars,
         "n_files": args.n_shards,
         "config": args.config,
         "dtype": args.dtype,
         "rows_per_chunk": args.rows_per_chunk,
         "threads": THREADS,
+        "cpu": cpu_description(),
         "load_average_1min": machine_load(),
-        "machine": "2 CPU cores shared with other jobs (load average above); the 5 runs ran at the same time",
+        "machine": "runs one after another; the load average above is the machine's at the end",
     }
     print(json.dumps(result))
 
