@@ -189,8 +189,10 @@ def two_node_run(model: Path, data: Path, out: Path, dtype: str, rows: int) -> d
     return result
 
 
-def same_predictions(first: Path, second: Path) -> float:
-    """The largest absolute difference between two runs' predictions, matched by `source_id`."""
+def same_predictions(first: Path, second: Path) -> float | None:
+    """The largest absolute difference between two runs' predictions, matched by `source_id` (None: a run failed)."""
+    if not (list(first.glob("**/*.parquet")) and list(second.glob("**/*.parquet"))):
+        return None
     tables = [
         pq.read_table(sorted(out.glob("**/*.parquet"))).to_pandas().set_index("source_id") for out in (first, second)
     ]

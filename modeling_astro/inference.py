@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .feature_extraction_astro import AstroTokenizer, StarTable
 from .modeling_astro import pool_states
-from .observations import SIGMA_SUFFIX
+from .observations import SIGMA_SUFFIX, XP_COEFFICIENTS_PER_BAND
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
 
 #: Stars tokenised (and moved to the device) at once, in units of the batch size: larger chunks pad less.
@@ -37,6 +37,35 @@ MAX_REQUEST_TOKENS = 32768
 #: bf16 XP -> labels forward at 2 threads: 4.6k stars/s at 64, 5.0k at 128, 4.6k at 256, slower still at 512 and
 #: 1024); GPUs want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 128, "cuda": 1024}
+XP_BANDS = ("bp", "rp")
+"""Keys of `correlations=` in [`AstroPredictor.predict`]: the XP bands, whose coefficients are `bp0` ... `bp54`."""
+XP_CORRELATIONS_PER_BAND = XP_COEFFICIENTS_PER_BAND * (XP_COEFFICIENTS_PER_BAND - 1) // 2
+"""1485: the Gaia archive's `<band>_coefficient_correlations`, the strict lower triangle packed row by row."""
+
+
+def xp_correlation_matrix(correlations: Any) -> np.ndarray:
+    """One band's XP coefficient correlations -> full `(num_stars, 55, 55)` matrices (float64, unit diagonal).
+
+    Accepts the archive's packed form `(num_stars, 1485)` (the strict lower triangle row by row: (1,0), (2,0),
+    (2,1), (3,0), ..., as `<band>_coefficient_correlations` in Gaia DR3 and GaiaXPy) or full matrices
+    `(num_stars, 55, 55)`. Rows that are all NaN (a star without published correlations) come back as NaN.
+    The correlations of coefficients divided by f_G (the model's inputs) are those of the archive's coefficients.
+    """
+    n = XP_COEFFICIENTS_PER_BAND
+    array = np.asarray(correlations, dtype=np.float64)
+    if array.ndim == 2 and array.shape[1] == XP_CORRELATIONS_PER_BAND:
+        rows, cols = np.tril_indices(n, k=-1)
+        matrix = np.zeros((len(array), n, n))
+        matrix[:, rows, cols] = array
+        matrix[:, cols, rows] = array
+        matrix[:, np.arange(n), np.arange(n)] = np.where(np.isnan(array).all(axis=1), np.nan, 1.0)[:, None]
+        return matrix
+    if array.ndim == 3 and array.shape[1:] == (n, n):
+        return array
+    raise ValueError(
+        f"XP correlations must be packed `(num_stars, {XP_CORRELATIONS_PER_BAND})` (the Gaia archive's "
+        f"`*_coefficient_correlations`) or full `(num_stars, {n}, {n})`; got shape {array.shape}."
+    )
 
 
 @dataclass
@@ -240,6 +269,7 @@ class AstroPredictor:
         errors: Mapping[str, Any] | None = None,
         n_samples: int = 0,
         seed: int = 0,
+        correlations: Mapping[str, Any] | None = None,
         output_attentions: bool = False,
         progress: bool | None = None,
         keep_columns: Sequence[str] = (),
@@ -261,6 +291,12 @@ class AstroPredictor:
                 times with inputs drawn from N(value, error); the value is the mean of the sampled predictions
                 and the sigma `sqrt(mean model variance + variance of the sampled means)`.
             seed: seed of the Monte-Carlo draws.
+            correlations: with `n_samples > 0`, the correlations between each star's XP coefficients,
+                `{"bp": array, "rp": array}` (either band may be left out), each `(num_stars, 1485)` as the Gaia
+                archive packs `bp_coefficient_correlations` (e.g. `dataset_builder.readers.read_xp_correlations`)
+                or `(num_stars, 55, 55)`. The coefficients given as inputs are then drawn from the full
+                covariance `diag(err) C diag(err)` of their band instead of independently; a star whose row is
+                NaN keeps independent draws. The table's `attrs["error_propagation"]` says which stars got what.
             output_attentions: also return the attention weights, as `(table, AstroAttentions)` (eager
                 attention, slower and memory-hungry: use on small inputs).
             progress: show a tqdm bar (`None`: only for inputs of more than 20 batches).
@@ -292,6 +328,7 @@ class AstroPredictor:
         error_rows = None if errors is None else StarTable(errors)
         if error_rows is not None and error_rows.num_rows != rows.num_rows:
             raise ValueError(f"`errors` has {error_rows.num_rows} rows but `data` has {rows.num_rows}.")
+        band_correlations = self._read_correlations(correlations, rows.num_rows, n_samples)
 
         num_requests = len(request)
         samples = max(n_samples, 1)
@@ -316,7 +353,8 @@ class AstroPredictor:
                 flush()
                 chunk_start = start
             if n_samples:
-                batch_mean, batch_logvar = self._sampled_batch(batch, request_ids, n_samples, generator)
+                correlation = self._token_correlations(batch["input_ids"], band_correlations, start + stars)
+                batch_mean, batch_logvar = self._sampled_batch(batch, request_ids, n_samples, generator, correlation)
             else:
                 batch_mean, batch_logvar, _, encoder_att, cross_att = self._forward(
                     batch["input_ids"],
@@ -339,9 +377,64 @@ class AstroPredictor:
             columns[name] = value[:, i].astype(np.float32)
             columns[name + SIGMA_SUFFIX] = sigma[:, i].astype(np.float32)
         table = pd.DataFrame(columns)
+        if n_samples:
+            table.attrs["error_propagation"] = {
+                "n_samples": n_samples,
+                "full_covariance_stars": {
+                    band: int((~np.isnan(array.reshape(len(array), -1)).all(axis=1)).sum())
+                    for band, array in band_correlations.items()
+                },
+                "otherwise": "independent draws from each input's 1-sigma error (diagonal covariance)",
+            }
         if output_attentions:
             return table, self._gather_attentions(attention_batches, rows.num_rows, num_requests)
         return table
+
+    def _read_correlations(self, correlations: Mapping[str, Any] | None, num_rows: int, n_samples: int) -> dict:
+        """`{band: array}` of `predict`'s `correlations=`, checked (unpacked a batch at a time, when used)."""
+        if not correlations:
+            return {}
+        if not n_samples:
+            raise ValueError("`correlations` are used to draw the inputs' errors: pass `n_samples > 0` with them.")
+        unknown = sorted(set(correlations) - set(XP_BANDS))
+        if unknown:
+            raise KeyError(f"`correlations` keys must be XP bands {list(XP_BANDS)}; got {unknown}.")
+        arrays = {}
+        for band, value in correlations.items():
+            array = np.asarray(value, dtype=np.float64)
+            xp_correlation_matrix(array[:1])  # checks the shape
+            if len(array) != num_rows:
+                raise ValueError(f"`correlations[{band!r}]` has {len(array)} rows but `data` has {num_rows}.")
+            if np.nanmax(np.abs(array), initial=0.0) > 1 + 1e-6:
+                raise ValueError(
+                    f"`correlations[{band!r}]` holds values outside [-1, 1]: pass correlations, not a covariance."
+                )
+            arrays[band] = array
+        return arrays
+
+    def _token_correlations(
+        self, input_ids: torch.Tensor, band_correlations: Mapping[str, np.ndarray], rows: np.ndarray
+    ) -> torch.Tensor | None:
+        """The correlation matrix `(batch, length, length)` of a batch's input tokens: the band's correlations
+        between XP coefficients of one band, 0 between other observations (and for stars without correlations)."""
+        if not band_correlations:
+            return None
+        ids = input_ids.cpu()
+        correlation = torch.eye(ids.shape[1]).repeat(len(ids), 1, 1)
+        names = self.tokenizer.observation_names
+        for band, array in band_correlations.items():
+            coefficient = torch.full((len(names) + 1,), -1, dtype=torch.long)  # token id -> coefficient index
+            for token, name in enumerate(names, start=1):
+                if name.startswith(band) and name[len(band) :].isdigit():
+                    coefficient[token] = int(name[len(band) :])
+            position = coefficient[ids]  # (batch, length): coefficient index, -1 for other observations
+            inside = position >= 0
+            safe = position.clamp(min=0)
+            star = torch.from_numpy(xp_correlation_matrix(array[rows]).astype(np.float32))
+            gathered = star[torch.arange(len(ids))[:, None, None], safe[:, :, None], safe[:, None, :]]
+            pair = inside[:, :, None] & inside[:, None, :] & torch.isfinite(gathered)
+            correlation = torch.where(pair, gathered, correlation)
+        return correlation.to(self.device)
 
     @torch.inference_mode()
     def predict_tokenized(self, features: Mapping[str, Any], request: Sequence[str]) -> pd.DataFrame:
@@ -401,10 +494,19 @@ class AstroPredictor:
         request_ids: torch.Tensor,
         n_samples: int,
         generator: torch.Generator,
+        correlation: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Monte-Carlo propagation of the input errors: mean and log total variance over `n_samples` draws."""
+        """Monte-Carlo propagation of the input errors: mean and log total variance over `n_samples` draws.
+
+        `correlation` `(batch, length, length)`: the inputs' correlations (independent draws when `None`)."""
         values, errors, mask = batch["input_values"], batch["input_errors"], batch["attention_mask"]
         noise = torch.randn((n_samples, *values.shape), generator=generator, device=self.device, dtype=values.dtype)
+        if correlation is not None:
+            factor, info = torch.linalg.cholesky_ex(correlation)
+            if bool(info.any()):  # rounding of the published correlations: the nearest positive definite matrix
+                eigenvalues, vectors = torch.linalg.eigh(correlation)
+                factor = vectors * eigenvalues.clamp(min=1e-6).sqrt()[:, None, :]
+            noise = torch.einsum("bij,sbj->sbi", factor.to(values.dtype), noise)
         sampled = (values + noise * errors * mask).flatten(0, 1)
         repeat = (n_samples, 1)
         mean, logvar, *_ = self._forward(batch["input_ids"].repeat(repeat), sampled, mask.repeat(repeat), request_ids)

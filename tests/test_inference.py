@@ -140,6 +140,78 @@ def test_monte_carlo_propagation(predictor):
     np.testing.assert_allclose(no_errors.to_numpy(), plain.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
+def xp_stars(num_stars: int) -> dict[str, np.ndarray]:
+    """Stars with bp0-bp2 and rp0-rp1 and their errors, and teff."""
+    rng = np.random.default_rng(7)
+    data = {name: rng.normal(0.0, 1.0, num_stars) for name in ("bp0", "bp1", "bp2", "rp0", "rp1")}
+    data.update({f"{name}_err": np.full(num_stars, 0.5) for name in list(data)})
+    data["teff"] = rng.normal(5000.0, 500.0, num_stars)
+    return data
+
+
+def packed_correlations(num_stars: int, pairs: dict[tuple[int, int], float]) -> np.ndarray:
+    """Archive-packed (num_stars, 1485) correlations that are 0 except for `pairs` {(i, j): rho}, i > j."""
+    rows, cols = np.tril_indices(55, k=-1)
+    packed = np.zeros((num_stars, len(rows)))
+    for (i, j), rho in pairs.items():
+        packed[:, np.flatnonzero((rows == i) & (cols == j))[0]] = rho
+    return packed
+
+
+def test_monte_carlo_draws_from_the_full_covariance(predictor, monkeypatch):
+    """With `correlations=`, the sampled inputs have the covariance diag(err) C diag(err) of their band."""
+    data = xp_stars(2)
+    correlations = {"bp": packed_correlations(2, {(1, 0): 0.9, (2, 0): -0.5}), "rp": packed_correlations(2, {})}
+    correlations["rp"][1] = np.nan  # star 1: no RP correlations published
+    drawn = []
+    forward = predictor._forward
+
+    def recording_forward(input_ids, input_values, attention_mask, request_ids, *args):
+        drawn.append((input_ids, input_values))
+        return forward(input_ids, input_values, attention_mask, request_ids, *args)
+
+    monkeypatch.setattr(predictor, "_forward", recording_forward)
+    n_samples = 4000
+    table = predictor.predict(data, ["teff"], n_samples=n_samples, correlations=correlations, seed=1)
+    names = predictor.tokenizer.observation_names
+    assert sum(len(ids) for ids, _ in drawn) == 2 * n_samples
+    for ids, values in drawn:  # one batch per star here (batch_size 8 < n_samples)
+        ids, sample = ids.view(n_samples, -1)[0], values.view(n_samples, -1).double().numpy()
+        column = {names[int(token) - 1]: k for k, token in enumerate(ids) if token > 0}
+        empirical = np.corrcoef(sample[:, [column["bp0"], column["bp1"], column["bp2"], column["rp0"]]].T)
+        np.testing.assert_allclose(empirical[0, 1:], [0.9, -0.5, 0.0], atol=0.04)  # bp correlated, not with rp
+        np.testing.assert_allclose(empirical[3, 1:3], [0.0, 0.0], atol=0.04)
+        token = np.array([int(ids[column["bp1"]])] * 2)
+        scale = np.diff(predictor.tokenizer.transform(np.array([0.0, 0.5]), token))[0]  # 0.5 standardised
+        np.testing.assert_allclose(sample[:, column["bp1"]].std(), scale, rtol=0.05)
+    assert table.attrs["error_propagation"]["full_covariance_stars"] == {"bp": 2, "rp": 1}
+
+
+def test_zero_correlations_give_the_independent_draws(predictor):
+    data = xp_stars(6)
+    independent = predictor.predict(data, REQUEST, n_samples=8, seed=3)
+    zero = {"bp": packed_correlations(6, {}), "rp": np.zeros((6, 55, 55)) + np.eye(55)}
+    pd.testing.assert_frame_equal(predictor.predict(data, REQUEST, n_samples=8, seed=3, correlations=zero), independent)
+    correlated = predictor.predict(
+        data, REQUEST, n_samples=8, seed=3, correlations={"bp": packed_correlations(6, {(1, 0): 0.95})}
+    )
+    assert not np.allclose(correlated.to_numpy(), independent.to_numpy())
+
+
+def test_bad_correlations_are_named(predictor):
+    data = xp_stars(3)
+    with pytest.raises(ValueError, match="n_samples > 0"):
+        predictor.predict(data, REQUEST, correlations={"bp": packed_correlations(3, {})})
+    with pytest.raises(KeyError, match="XP bands"):
+        predictor.predict(data, REQUEST, n_samples=2, correlations={"g": packed_correlations(3, {})})
+    with pytest.raises(ValueError, match="1485"):
+        predictor.predict(data, REQUEST, n_samples=2, correlations={"bp": np.zeros((3, 100))})
+    with pytest.raises(ValueError, match="has 2 rows but `data` has 3"):
+        predictor.predict(data, REQUEST, n_samples=2, correlations={"bp": packed_correlations(2, {})})
+    with pytest.raises(ValueError, match="not a covariance"):
+        predictor.predict(data, REQUEST, n_samples=2, correlations={"bp": packed_correlations(3, {(1, 0): 4.0})})
+
+
 def test_bad_inputs(predictor):
     with pytest.raises(ValueError, match="no star"):
         predictor.predict({"teff": np.array([])}, REQUEST)
@@ -182,9 +254,7 @@ def test_embed_is_masked_mean_of_encoder_states(predictor):
     assert vectors.shape == (9, predictor.model.config.hidden_size) and np.isnan(vectors[3]).all()
     inputs = predictor.tokenizer({k: v[:1] for k, v in data.items() if k != "source_id"}, return_tensors="pt")
     with torch.no_grad():
-        states, _ = predictor.model.astro.encode(
-            inputs["input_ids"], inputs["input_values"], inputs["attention_mask"]
-        )
+        states, _ = predictor.model.astro.encode(inputs["input_ids"], inputs["input_values"], inputs["attention_mask"])
     np.testing.assert_allclose(vectors[0], states[0].mean(dim=0).numpy(), rtol=1e-5, atol=1e-6)
     with pytest.warns(UserWarning):
         maxed = predictor.embed(data, pooling="max")
