@@ -9,6 +9,7 @@ the simulation cannot be told from the real sample, 1.0 when it always can.
 Feature sets (all ratios, so that brightness does not enter):
 
 - ``low_order``: ``bp_i / bp0`` and ``rp_i / rp0`` for i = 1..10, plus ``bp0 / rp0``;
+- ``first_five``: the same for i = 1..5 only (the issue's "coefficients 1-5");
 - ``all``: all 54 ratios per band, every error over its band's ``c0`` (55 per band), ``bp0 / rp0``;
 - ``matching``: the two matching variables only (a control: must score ~0.5).
 """
@@ -25,6 +26,7 @@ from .schema import XP_LENGTH
 
 BANDS = ("bp", "rp")
 LOW_ORDER_MAX = 10
+FEATURE_SETS: tuple[str, ...] = ("low_order", "first_five", "all", "matching")
 MATCH_CALIPER = 0.1
 """Largest allowed distance of a pair in the standardised (log colour, log S/N) plane."""
 
@@ -36,6 +38,8 @@ class XPSample:
     coefficients: dict[str, np.ndarray]
     errors: dict[str, np.ndarray]
     n_relevant_bases: dict[str, np.ndarray]
+    source_id: np.ndarray | None = None
+    """Gaia source_id of each star where known (simulated files); None for the flat real sample."""
 
     def __len__(self) -> int:
         return len(self.coefficients["bp"])
@@ -45,6 +49,7 @@ class XPSample:
             {b: v[rows] for b, v in self.coefficients.items()},
             {b: v[rows] for b, v in self.errors.items()},
             {b: v[rows] for b, v in self.n_relevant_bases.items()},
+            None if self.source_id is None else self.source_id[rows],
         )
 
     def complete(self) -> XPSample:
@@ -83,6 +88,7 @@ def read_xp_files(paths: Sequence[str | Path]) -> XPSample:
         {band: cat(f"{band}_coefficients") for band in BANDS},
         {band: cat(f"{band}_coefficient_errors") for band in BANDS},
         {band: cat(f"{band}_n_relevant_bases") for band in BANDS},
+        cat("source_id"),
     ).complete()
 
 
@@ -110,15 +116,15 @@ def match_pairs(real: XPSample, simulated: XPSample, caliper: float = MATCH_CALI
 
 
 def feature_table(sample: XPSample, feature_set: str) -> tuple[np.ndarray, list[str]]:
-    """Features (n, k) and their names for one of ``low_order``, ``all``, ``matching``."""
+    """Features (n, k) and their names for one of `FEATURE_SETS`."""
     columns: dict[str, np.ndarray] = {}
     c0 = {band: sample.coefficients[band][:, 0] for band in BANDS}
     if feature_set == "matching":
         values = matching_variables(sample)
         return values, ["log_bp0_over_rp0", "log_err_bp0_over_bp0"]
-    if feature_set not in ("low_order", "all"):
-        raise ValueError(f"feature_set must be 'low_order', 'all' or 'matching', got {feature_set!r}")
-    top = LOW_ORDER_MAX + 1 if feature_set == "low_order" else XP_LENGTH
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
+    top = {"first_five": 6, "low_order": LOW_ORDER_MAX + 1}.get(feature_set, XP_LENGTH)
     for band in BANDS:
         for i in range(1, top):
             columns[f"{band}{i}/{band}0"] = sample.coefficients[band][:, i] / c0[band]
