@@ -7,11 +7,18 @@ Embeddings: `--base-stars` stars of the simulated survey's test split (XP coeffi
 `dataset_builder.default_data`) embedded by the paper-size model (`--config paper`, 128 dimensions, random weights:
 the structure of the embeddings comes from the stars' inputs), tiled to `--n-vectors` with Gaussian noise of
 `--noise` times each dimension's spread (every tile a slightly different star). Queries: `--n-queries` base stars
-with fresh noise. Reports per index the build seconds (normalisation, Arrow table, FAISS training and adding),
-queries/s, recall@k against the exact search, index size and the peak RSS; writes a recall-vs-speed PNG.
+with fresh noise. The exact search (brute force, the recall reference) runs the first `--exact-queries` of them
+(at 10**6 vectors it scans the whole corpus per query: a few queries/s on 2 cores), the approximate indexes all
+of them. Reports per index the build seconds (normalisation, Arrow table, FAISS training and adding), queries/s,
+recall@k against the exact search on the shared queries, index size and the peak RSS; writes a recall-vs-speed
+PNG. FAISS and torch run `THREADS` (2) threads.
 
-Run: ``python benchmarks/bench_similarity.py [--n-vectors 1000000] [--indexes hnsw ivfpq] [--plot PATH]``; the
-last line printed is one JSON object.
+Defaults finish in ~10-20 min on 2 shared cores at 10**6 vectors: IVF (1024 lists, `--nprobe` 16, trains in
+seconds) and HNSW32 (`--ef-construction` 40, the slowest build: ~10 min), both `--ef-search` / `--nprobe`
+as set.
+
+Run: ``python benchmarks/bench_similarity.py [--n-vectors 1000000] [--indexes ivf hnsw IVF1024,PQ32x8,RFlat]
+[--exact-queries 500] [--plot PATH]``; the last line printed is one JSON object.
 """
 
 import argparse
@@ -27,11 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LABEL_NAMES, THREADS, XP_NAMES, machine_load, peak_rss_mb, setup_torch, stars  # noqa: E402
+from common import LABEL_NAMES, THREADS, machine_load, peak_rss_mb, setup_torch, stars  # noqa: E402
 
 from configuration_astro import AstroConfig  # noqa: E402
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
 from modeling_astro.inference import AstroPredictor  # noqa: E402
+from modeling_astro.observations import XP_NAMES  # noqa: E402
 from modeling_astro.tasks.similarity import build_index, save_index, search_index  # noqa: E402
 
 INPUTS = [*XP_NAMES, "bprp", "jh", "jk"]
@@ -60,12 +68,13 @@ def tiled(base: np.ndarray, n_vectors: int, noise: float, seed: int) -> np.ndarr
     return out
 
 
-def timed_search(dataset, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
-    """Neighbour rows of `queries` and the queries per second of the search (one warm-up query first)."""
+def timed_search(dataset, queries: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
+    """Neighbour rows of `queries`, the queries per second of the search (one warm-up query first) and its seconds."""
     search_index(dataset, queries[:1], k=k)
     start = time.perf_counter()
     _, rows = search_index(dataset, queries, k=k, chunk_size=512)
-    return rows, len(queries) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return rows, len(queries) / seconds, seconds
 
 
 def index_bytes(dataset, folder: Path) -> int:
@@ -102,15 +111,25 @@ def plot(results: dict, path: Path, n_vectors: int, k: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-vectors", type=int, default=1_000_000)
-    parser.add_argument("--n-queries", type=int, default=2000)
+    parser.add_argument("--n-queries", type=int, default=2000, help="queries of the approximate indexes")
+    parser.add_argument(
+        "--exact-queries", type=int, default=500, help="the first N queries also searched exactly (recall reference)"
+    )
     parser.add_argument("--base-stars", type=int, default=5000)
     parser.add_argument("--config", choices=["small", "paper"], default="paper")
     parser.add_argument("--noise", type=float, default=0.05, help="noise / per-dimension spread of the tiles")
-    parser.add_argument("--indexes", nargs="+", default=["hnsw"], help="approximate indexes to compare")
+    parser.add_argument(
+        "--indexes", nargs="+", default=["ivf", "hnsw"], help="approximate indexes: ivf, hnsw or FAISS factory strings"
+    )
+    parser.add_argument("--ef-construction", type=int, default=40, help="HNSW build candidate list")
+    parser.add_argument("--ef-search", type=int, default=64, help="HNSW search candidate list")
+    parser.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per query (default nlist/64)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=Path("outputs/similarity.png"))
     args = parser.parse_args()
+    if not 1 <= args.exact_queries <= args.n_queries:
+        parser.error(f"--exact-queries must be between 1 and --n-queries ({args.n_queries}), got {args.exact_queries}.")
     torch.set_num_threads(THREADS)
     import faiss
 
@@ -129,16 +148,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in ["exact", *args.indexes]:
             start = time.perf_counter()
-            dataset = build_index(corpus, index=name)
+            graph = name == "hnsw" or "HNSW" in name
+            dataset = build_index(
+                corpus,
+                index=name,
+                nprobe=args.nprobe,
+                ef_search=args.ef_search,
+                ef_construction=args.ef_construction if graph else None,
+            )
             build_s = time.perf_counter() - start
-            rows, queries_per_s = timed_search(dataset, queries, args.k)
+            searched = queries[: args.exact_queries] if name == "exact" else queries
+            rows, queries_per_s, search_s = timed_search(dataset, searched, args.k)
             if name == "exact":
                 truth = rows
-            recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(rows, truth)]))
+            shared = zip(rows[: args.exact_queries], truth)
+            recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in shared]))
             results[name] = {
                 "build_s": round(build_s, 1),
+                "queries": len(searched),
+                "search_s": round(search_s, 1),
                 "queries_per_s": round(queries_per_s, 1),
                 f"recall_at_{args.k}": round(recall, 4),
+                "load_average_1min": machine_load(),
                 "index_mb": round(index_bytes(dataset, Path(folder) / name) / 1e6, 1),
                 "peak_rss_mb_so_far": round(peak_rss_mb(), 1),
             }
@@ -153,6 +184,10 @@ def main() -> None:
                 "n_vectors": args.n_vectors,
                 "dim": int(corpus.shape[1]),
                 "n_queries": args.n_queries,
+                "exact_queries": args.exact_queries,
+                "ef_construction": args.ef_construction,
+                "ef_search": args.ef_search,
+                "total_s": round(time.perf_counter() - started, 1),
                 "k": args.k,
                 "exact_build_s": results["exact"]["build_s"],
                 "exact_queries_per_s": results["exact"]["queries_per_s"],
