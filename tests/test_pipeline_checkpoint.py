@@ -1,6 +1,6 @@
 """Every saved checkpoint ships its pipeline: ``transformers.pipeline(model=<folder>, trust_remote_code=True)``.
 
-The checkpoint of train.py (and the Trainer's intermediate checkpoints) carry ``pipeline_astro.py`` beside
+The checkpoint of train.py (and any Trainer checkpoint kept below it) carries ``pipeline_astro.py`` beside
 ``modeling_astro.py`` and name it in config.json's ``custom_pipelines``; `pipeline()` with no task builds it, in this
 process and in a fresh one where the project's packages cannot be imported, and its predictions equal
 `AstroPredictor`'s on the same rows (dict, DataFrame, list of row dicts).
@@ -40,7 +40,7 @@ def expected(tiny_trained_checkpoint, rows) -> pd.DataFrame:
 
 def test_every_saved_checkpoint_names_and_ships_its_pipeline(tiny_trained_checkpoint):
     folders = [path.parent for path in tiny_trained_checkpoint.glob("**/config.json")]
-    assert tiny_trained_checkpoint in folders and len(folders) >= 2, folders  # the model and a Trainer checkpoint
+    assert tiny_trained_checkpoint in folders, folders  # and any Trainer checkpoint kept below it
     for folder in folders:
         custom = json.loads((folder / "config.json").read_text())["custom_pipelines"]
         assert custom == {
