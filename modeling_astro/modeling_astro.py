@@ -297,13 +297,21 @@ class AstroPreTrainedModel(PreTrainedModel):
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save as transformers does, with an `auto_map` that also names the bare model and the prediction head."""
+        """
+        Save as transformers does, with an `auto_map` that also names the bare model and the prediction head, and
+        the pipeline (`custom_pipelines`: ``transformers.pipeline(model=<folder or repo id>, trust_remote_code=True)``).
+        """
+        # A relative import of this file: transformers copies pipeline_astro.py (and its own relative imports)
+        # beside modeling_astro.py into every saved folder, and fetches it with this file from a repo.
+        from .pipeline_astro import custom_pipelines
+
         self.config.auto_map = {
             **(getattr(self.config, "auto_map", None) or {}),
             "AutoConfig": "configuration_astro.AstroConfig",
             "AutoModel": "modeling_astro.AstroModel",
             "AutoModelForPreTraining": "modeling_astro.AstroForObservationPrediction",
         }
+        self.config.custom_pipelines = custom_pipelines()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()

@@ -4,8 +4,9 @@ olah serves local git repositories (``mirrors-path``, offline mode) through the 
 a model repository (a saved tiny model with its remote code, two commits) and a dataset repository, starts olah,
 and in a fresh process with ``HF_ENDPOINT`` pointed at it, an empty ``HF_HOME`` and this project's packages
 blocked from import, loads the model with ``AutoModel`` / ``AutoModelForPreTraining`` (``trust_remote_code``,
-at the first commit), the tokenizer with ``AutoFeatureExtractor`` and the dataset with
-``datasets.load_dataset(..., streaming=True)``.
+at the first commit), the tokenizer with ``AutoFeatureExtractor``, the pipeline with
+``transformers.pipeline(model=<repo id>)`` (its code named by config.json's ``custom_pipelines``; predictions equal
+`AstroPredictor`'s on the same rows) and the dataset with ``datasets.load_dataset(..., streaming=True)``.
 
 olah needs ``psutil<6``, so it lives in its own virtual environment: ``$ASTRO_OLAH_CLI`` names its ``olah-cli``
 (``.ci/run`` creates it); without it the test is skipped. olah ignores HTTP Range requests, so the dataset is
@@ -26,6 +27,7 @@ import torch
 
 from conftest import free_port, random_batch, stop_process_group, tiny_config, wait_for_http
 from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro.inference import AstroPredictor
 
 OLAH_CLI = os.environ.get("ASTRO_OLAH_CLI") or shutil.which("olah-cli")
 pytestmark = pytest.mark.skipif(
@@ -46,10 +48,11 @@ LOAD = textwrap.dedent(
 
     sys.meta_path.insert(0, BlockProject())
     import datasets
+    import pandas as pd
     import torch
-    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+    from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining, pipeline
 
-    revision, data = sys.argv[1], torch.load(sys.argv[2])
+    revision, data, stars_file, table_file = sys.argv[1], torch.load(sys.argv[2]), sys.argv[3], sys.argv[4]
     model = AutoModelForPreTraining.from_pretrained("astro/tiny", trust_remote_code=True, revision=revision).eval()
     bare = AutoModel.from_pretrained("astro/tiny", trust_remote_code=True, revision=revision).eval()
     tokenizer = AutoFeatureExtractor.from_pretrained("astro/tiny", trust_remote_code=True, revision=revision)
@@ -59,6 +62,13 @@ LOAD = textwrap.dedent(
     assert torch.equal(out.mean, data["mean"]) and torch.equal(out.logvar, data["logvar"]), "not the first commit"
     encoded = tokenizer({"teff": [5000.0, None], "logg": [2.5, 4.0]}, return_tensors="pt")["input_values"]
     assert torch.equal(encoded, data["encoded"]), "tokenizer differs"
+    pipe = pipeline(model="astro/tiny", trust_remote_code=True, revision=revision, device="cpu")  # task: config
+    assert type(pipe).__module__.startswith("transformers_modules.astro.tiny."), type(pipe).__module__
+    assert type(pipe.feature_extractor).__module__.startswith("transformers_modules."), type(pipe.feature_extractor)
+    pipe(pd.read_json(stars_file, orient="records", lines=True), request=["teff", "logg"]).to_json(
+        table_file, orient="records", lines=True, double_precision=15
+    )
+    print("PIPELINE", type(pipe).__name__, pipe.task)
     stars = datasets.load_dataset("astro/stars", streaming=True)
     assert isinstance(stars["train"], datasets.IterableDataset)
     print("ROWS", {split: [row["source_id"] for row in rows] for split, rows in stars.items()})
@@ -149,6 +159,9 @@ def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
         out = first(**batch)
     encoded = tokenizer({"teff": [5000.0, None], "logg": [2.5, 4.0]}, return_tensors="pt")["input_values"]
     torch.save({"batch": batch, "mean": out.mean, "logvar": out.logvar, "encoded": encoded}, tmp_path / "expected.pt")
+    stars = pd.DataFrame({"bprp": [0.9, 1.3, np.nan, 0.7], "m_h": [-0.3, 0.1, 0.0, np.nan]})
+    stars.to_json(tmp_path / "stars.jsonl", orient="records", lines=True, double_precision=15)
+    expected = AstroPredictor(first, tokenizer, device="cpu").predict(stars, ["teff", "logg"])
 
     dataset = mirrors / "datasets" / "astro" / "stars"
     (dataset / "data").mkdir(parents=True)
@@ -165,13 +178,18 @@ def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HUB_OFFLINE")}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_XET="1", HF_DATASETS_OFFLINE="0")
     result = subprocess.run(
-        [sys.executable, str(script), first_commit, str(tmp_path / "expected.pt")],
+        [sys.executable, str(script), first_commit, str(tmp_path / "expected.pt"), str(tmp_path / "stars.jsonl"),
+         str(tmp_path / "table.jsonl")],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + "\nserver log:\n" + log.read_text()[-2000:]
-    assert "OK AstroForObservationPrediction AstroModel AstroTokenizer" in result.stdout
+    assert f"OK AstroForObservationPrediction AstroModel {type(tokenizer).__name__}" in result.stdout
+    assert "PIPELINE AstroObservationPipeline astro-observation-prediction" in result.stdout
+    table = pd.read_json(tmp_path / "table.jsonl", orient="records", lines=True, dtype=False)
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False, check_exact=False, rtol=1e-5, atol=1e-6)
     assert "ROWS {'train': [1, 2, 3, 4], 'test': [7, 8]}" in result.stdout
     served = log.read_text()
     assert f"/astro/tiny/resolve/{first_commit}/modeling_astro.py" in served, "the remote code came from elsewhere"
+    assert f"/astro/tiny/resolve/{first_commit}/pipeline_astro.py" in served, "the pipeline code came from elsewhere"
     assert "/datasets/astro/stars/resolve/" in served
     assert not list((tmp_path / "hf_home").glob("**/modeling_astro/__init__.py")), "the package leaked in"

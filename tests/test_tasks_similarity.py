@@ -116,10 +116,19 @@ def test_index_saved_beside_the_embeddings_and_approximate_indexes(tmp_path):
     reloaded = load_index(folder)
     assert reloaded.list_indexes() == ["embedding"] and len(reloaded) == 2000
     np.testing.assert_array_equal(search_index(reloaded, queries, k=10)[1], exact)
-    for kind in ("hnsw", "IVF16,Flat"):
+    for kind in ("hnsw", "ivf", "IVF16,Flat"):
         _, found = search_index(build_index(corpus, index=kind), queries, k=10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
         assert recall > 0.5, (kind, recall)
+    import faiss
+
+    ivf = faiss.extract_index_ivf(build_index(corpus, index="ivf").get_index("embedding").faiss_index)
+    assert ivf.nlist == 32 and ivf.nprobe == 8  # 2**round(log2(2000) / 2) lists, nprobe max(8, nlist / 64)
+    graph = build_index(corpus, index="hnsw", ef_construction=12).get_index("embedding").faiss_index
+    graph = faiss.downcast_index(graph)
+    assert graph.hnsw.efConstruction == 12 and graph.hnsw.efSearch == 64
+    with pytest.raises(ValueError, match="ef_construction= is a knob of HNSW"):
+        build_index(corpus, index="ivf", ef_construction=12)
     with pytest.raises(ValueError, match="neither 'exact'"):
         build_index(corpus, index="NotAnIndex")
     with pytest.raises(FileNotFoundError, match="no embedding.faiss"):
