@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from configuration_astro import AstroConfig
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import (
     add_model_index,
@@ -509,7 +509,7 @@ def train(
     config = MODEL_PRESETS[model_args.model_preset](
         encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
     )
-    tokenizer = AstroTokenizer(
+    tokenizer = AstroFeatureExtractor(
         observation_names=config.observation_names, context_length=config.context_length
     )
     tokenizer.fit(train_table)
@@ -697,7 +697,7 @@ def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> boo
 
 
 def save_final(
-    model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, run_info: dict
+    model, tokenizer: AstroFeatureExtractor, output_dir: Path, args: TrainArguments, run_info: dict
 ) -> None:
     """
     Save model, tokenizer and collator code into a new copy of `output_dir` swapped in whole (`replace_folder`):

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from conftest import free_port, random_batch, stop_process_group, tiny_config, wait_for_http
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 
 OLAH_CLI = os.environ.get("ASTRO_OLAH_CLI") or shutil.which("olah-cli")
 pytestmark = pytest.mark.skipif(
@@ -131,7 +131,7 @@ def hub(tmp_path):
 def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
     endpoint, mirrors, log = hub
     config = tiny_config(observation_names=["teff", "logg", "m_h", "bprp"])
-    tokenizer = AstroTokenizer(
+    tokenizer = AstroFeatureExtractor(
         observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0], scales=[500, 1.0, 0.3, 0.3],
         context_length=config.context_length,
     )  # fmt: skip
@@ -169,7 +169,7 @@ def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + "\nserver log:\n" + log.read_text()[-2000:]
-    assert "OK AstroForObservationPrediction AstroModel AstroTokenizer" in result.stdout
+    assert "OK AstroForObservationPrediction AstroModel AstroFeatureExtractor" in result.stdout
     assert "ROWS {'train': [1, 2, 3, 4], 'test': [7, 8]}" in result.stdout
     served = log.read_text()
     assert f"/astro/tiny/resolve/{first_commit}/modeling_astro.py" in served, "the remote code came from elsewhere"

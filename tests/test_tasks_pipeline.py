@@ -30,5 +30,5 @@ def test_pipeline_needs_a_request_and_a_tokenizer(tiny_trained_checkpoint):
     pipe = AstroObservationPipeline(model=model, feature_extractor=tokenizer, device="cpu")
     with pytest.raises(ValueError, match="request="):
         pipe(STARS)
-    with pytest.raises(ValueError, match="AstroTokenizer"):
+    with pytest.raises(ValueError, match="AstroFeatureExtractor"):
         AstroObservationPipeline(model=model, device="cpu")

@@ -31,7 +31,7 @@ class AstroObservationPipeline(Pipeline):
     def __init__(self, *args, star_batch_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.feature_extractor is None:
-            raise ValueError("The pipeline needs the checkpoint's AstroTokenizer: feature_extractor=.")
+            raise ValueError("The pipeline needs the checkpoint's AstroFeatureExtractor: feature_extractor=.")
         self.predictor = AstroPredictor(
             self.model, self.feature_extractor, device=self.device, batch_size=star_batch_size
         )
