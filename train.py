@@ -16,13 +16,10 @@ an uninterrupted run. At the end the model, tokenizer and collator code are save
 card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
 """
 
-import json
 import math
 import os
-import shutil
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,29 +32,24 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from configuration_astro import AstroConfig
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
-from modeling_astro.evaluation import (
-    add_model_index,
-    evaluate,
-    format_table,
-    load_split_tables,
-)
-from modeling_astro.io_utils import (
-    INTERNAL_PREFIX,
-    CorruptFileError,
-    DiskFullError,
-    FolderInUseError,
-    append_jsonl,
-    atomic_write_text,
-    disk_full_errors,
-    empty_folder,
-    folder_lock,
-    link_tree,
-    read_jsonl,
-    replace_folder,
-)
+from modeling_astro.evaluation import evaluate, format_table, load_split_tables
+from modeling_astro.io_utils import CorruptFileError, DiskFullError, FolderInUseError, append_jsonl, folder_lock
 from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
+from modeling_astro.publishing import push_to_hub, save_final, write_model_card
+from modeling_astro.training_checkpoints import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    TrainingInputError,
+    check_resumable,
+    find_checkpoint,
+    read_metrics,
+    run_fingerprint,
+    save_checkpoint,
+    start_run,
+    write_metrics,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent
 MODEL_PRESETS = {
@@ -74,17 +66,23 @@ MODEL_PRESETS = {
     "paper": AstroConfig,
 }
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
-CHECKPOINTS = "checkpoints"
-PLAN_STEPS = 25  # with --max_steps 0, the steps are re-planned every PLAN_STEPS steps
-UNPLANNED = 10**9  # cosine period until the steps are planned: a constant learning rate
-METRICS_FILE = "metrics.jsonl"
-RUN_FILE = "run.json"  # the identity of the run that owns an output folder: its id and fingerprint
-# an older model's files, not carried into the folder of a new model (its evaluation and card are written again)
-FINAL_MODEL_FILES = ("model*.safetensors", "model.safetensors.index.json", "eval_results.json", "README.md", "*.png")
-
-
-class TrainingInputError(ValueError):
-    """The dataset, the arguments or the checkpoint to resume from cannot be used; the message says why."""
+PLAN_STEPS = 25  # with --max_steps 0, the steps that fit in --max_train_minutes are re-planned every PLAN_STEPS steps
+# the arguments a resumed run must share with its checkpoint (they change the batches, the masks or the schedule)
+FINGERPRINT_ARGUMENTS = (
+    "seed",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "restart_steps",
+    "restart_mult",
+    "min_learning_rate",
+    "num_targets",
+    "label_target_fraction",
+    "prompt_fraction",
+    "label_prompt_fraction",
+    "loci_prompt_fraction",
+)
 
 
 class TrainingDivergedError(RuntimeError):
@@ -244,198 +242,19 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-# ----------------------------------------------------------------------------------------------------
-# checkpoints
-def run_fingerprint(config: AstroConfig, args: TrainArguments, num_train_stars: int) -> dict:
-    """What a resumed run must share with the checkpoint for the continuation to be exact."""
-    keys = (
-        "seed",
-        "batch_size",
-        "gradient_accumulation_steps",
-        "learning_rate",
-        "weight_decay",
-        "restart_steps",
-        "restart_mult",
-        "min_learning_rate",
-        "num_targets",
-        "label_target_fraction",
-        "prompt_fraction",
-        "label_prompt_fraction",
-        "loci_prompt_fraction",
-    )
-    model = {k: v for k, v in config.to_dict().items() if k not in ("transformers_version", "auto_map")}
-    fingerprint = {
-        "model": model,
-        "training": {k: getattr(args, k) for k in keys},
-        "num_train_stars": num_train_stars,
-    }
-    return json.loads(json.dumps(fingerprint))  # as read back from training_state.json
-
-
-def read_run(output_dir: Path) -> dict | None:
-    """The run recorded in `output_dir/run.json` (its `run_id`, `started`, `fingerprint`), or None."""
-    path = output_dir / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def run_checkpoints(output_dir: Path, run_id: str | None) -> list[Path]:
-    """The checkpoints of run `run_id` in `output_dir`, lowest step first (those written before run ids count)."""
-    found = []
-    for state in output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"):
-        owner = json.loads(state.read_text()).get("run_id")
-        if owner is None or owner == run_id:
-            found.append(state.parent)
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def identify_run(output_dir: Path, resume: str | None, overwrite: bool) -> tuple[str | None, bool]:
-    """
-    The id of the run this invocation continues (None: a new run) and whether `output_dir` must be emptied first.
-    A new run into a folder that holds another run (its `run.json`, checkpoints, metrics or model) is refused
-    unless `overwrite`; resuming from a checkpoint of another run than the folder's is refused.
-    """
-    recorded = read_run(output_dir)
-    if resume and resume != "latest":
-        state = Path(resume, "training_state.json")
-        owner = json.loads(state.read_text()).get("run_id") if state.is_file() else None
-        if recorded and owner and owner != recorded["run_id"]:
-            raise TrainingInputError(
-                f"--resume_from_checkpoint {resume} is a checkpoint of run {owner}, but --output_dir {output_dir} "
-                f"holds run {recorded['run_id']} (started {recorded['started']}): continuing there would mix two "
-                "runs. Choose another --output_dir."
-            )
-        return (recorded["run_id"] if recorded else owner), False
-    if resume == "latest":
-        if recorded:
-            return recorded["run_id"], False
-        states = sorted(
-            output_dir.glob(f"{CHECKPOINTS}/checkpoint-*/training_state.json"),
-            key=lambda p: int(p.parent.name.split("-")[1]),
-        )  # a folder without run.json: its latest checkpoint's run
-        return (json.loads(states[-1].read_text()).get("run_id") if states else None), False
-    used = [
-        name
-        for name in (RUN_FILE, METRICS_FILE, "config.json", "model.safetensors")
-        if (output_dir / name).exists()
-    ] + ([CHECKPOINTS] if any(output_dir.glob(f"{CHECKPOINTS}/checkpoint-*")) else [])
-    if used and not overwrite:
-        owner = f"run {recorded['run_id']} (started {recorded['started']})" if recorded else "an earlier run"
-        raise TrainingInputError(
-            f"--output_dir {output_dir} holds {owner} ({', '.join(used)}): a new run there would mix with it. "
-            "Continue it with --resume_from_checkpoint latest, start afresh there with --overwrite_output_dir "
-            "(deletes its contents), or choose another --output_dir."
-        )
-    return None, bool(used)
-
-
-def start_run(accelerator: Accelerator, output_dir: Path, fingerprint: dict, args: "TrainArguments") -> str:
-    """Check and record the identity of this run in `output_dir/run.json` (see `identify_run`); returns its id."""
-    run_id, clear = identify_run(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
-    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
-    if accelerator.is_main_process:
-        if clear:
-            empty_folder(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if run_id is None or read_run(output_dir) is None:
-            record = {
-                "run_id": run_id or uuid.uuid4().hex,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "fingerprint": fingerprint,
-            }
-            atomic_write_text(output_dir / RUN_FILE, json.dumps(record, indent=1))
-    accelerator.wait_for_everyone()
-    return read_run(output_dir)["run_id"]
-
-
-def find_checkpoint(output_dir: Path, name: str, run_id: str | None = None) -> Path:
-    """The checkpoint folder meant by `--resume_from_checkpoint` ('latest' = this run's highest step)."""
-    if name != "latest":
-        if not Path(name, "training_state.json").is_file():
-            raise TrainingInputError(
-                f"{name} is not a checkpoint folder of train.py (no training_state.json)."
-            )
-        return Path(name)
-    found = run_checkpoints(output_dir, run_id)
-    if not found:
-        raise TrainingInputError(
-            f"--resume_from_checkpoint latest: no checkpoint of run {run_id} in {output_dir / CHECKPOINTS}."
-        )
-    return found[-1]
-
-
-def check_resumable(checkpoint: Path, fingerprint: dict) -> tuple[int, int | None]:
-    """The step and planned steps of `checkpoint`; raises if its run had another model, data or schedule."""
-    state = json.loads((checkpoint / "training_state.json").read_text())
-    saved = state["fingerprint"]
-    differences = [
-        f"{part}.{key}: checkpoint {saved[part].get(key)!r}, now {value!r}"
-        for part in ("model", "training")
-        for key, value in fingerprint[part].items()
-        if saved[part].get(key) != value
-    ]
-    if saved["num_train_stars"] != fingerprint["num_train_stars"]:
-        differences.append(
-            f"training stars: checkpoint {saved['num_train_stars']}, now {fingerprint['num_train_stars']}"
-        )
-    if differences:
-        raise TrainingInputError(
-            f"Cannot resume from {checkpoint}: it was written with a different configuration ("
-            + "; ".join(differences[:6])
-            + "). Resume with the arguments of that run, or train into a new --output_dir."
-        )
-    return int(state["step"]), state.get("max_steps")
-
-
-def save_checkpoint(
-    accelerator: Accelerator,
-    output_dir: Path,
-    step: int,
-    max_steps: int | None,
-    fingerprint: dict,
-    limit: int,
-    run_id: str | None = None,
-) -> None:
-    """
-    `save_state` into a temporary folder renamed into place; drop this run's oldest checkpoints beyond `limit`.
-    A full disk raises `DiskFullError` (the temporary folder removed, earlier checkpoints intact).
-    """
-    final = output_dir / CHECKPOINTS / f"checkpoint-{step}"
-    temporary = output_dir / CHECKPOINTS / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    kept = (
-        f"the checkpoints saved before step {step} in {final.parent} are intact; continue with "
-        "--resume_from_checkpoint latest"
-    )
-    try:
-        with disk_full_errors(final.parent, kept=kept):
-            accelerator.save_state(str(temporary))
-            if accelerator.is_main_process:
-                state = {"step": step, "max_steps": max_steps, "fingerprint": fingerprint, "run_id": run_id}
-                atomic_write_text(temporary / "training_state.json", json.dumps(state))
-    except DiskFullError:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        ours = run_checkpoints(output_dir, run_id)
-        for old in ours[: max(len(ours) - limit, 0)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-# ---------------------------------------------------------------------------------------------------- metrics
-def write_metrics(path: Path, records: list[dict]) -> None:
-    """Rewrite the metrics JSONL atomically (used when resuming, to drop steps after the checkpoint)."""
-    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a metrics JSONL file (empty if it does not exist; a torn last line dropped, with a warning)."""
-    return read_jsonl(path)
+def step_batches(collator: AstroDataCollator, values: torch.Tensor, errors: torch.Tensor, step: int,
+                 args: TrainArguments, rank: int, num_processes: int) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of optimizer step `step` on process `rank`: the step's stars (`epoch_batch`) cut into
+    processes x accumulation slices, each with masks drawn from its own seed, so any split sees the same stars."""
+    stars = epoch_batch(step, len(values), args.batch_size, args.seed)
+    size = args.batch_size // (num_processes * args.gradient_accumulation_steps)
+    batches = []
+    for micro in range(args.gradient_accumulation_steps):
+        part = micro * num_processes + rank
+        index = stars[part * size : (part + 1) * size]
+        generator = torch.Generator().manual_seed(seed_for(args.seed, step, part))
+        batches.append(collator.sample(values[index], errors[index], generator))
+    return batches
 
 
 @torch.no_grad()
@@ -445,15 +264,91 @@ def validation_loss(model, collator, values, errors, batch_size: int, seed: int)
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     for start in range(0, len(values), batch_size):
-        batch = collator.sample(
-            values[start : start + batch_size], errors[start : start + batch_size], generator
-        )
+        batch = collator.sample(values[start : start + batch_size], errors[start : start + batch_size], generator)
         valid = int((batch["request_ids"] != 0).sum())
         batch = {key: value.to(model.device) for key, value in batch.items()}
         total += float(model(**batch).loss) * valid
         count += valid
     model.train()
     return total / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+def learning_rate(step: int, max_steps: int | None, args: TrainArguments) -> float:
+    """
+    The learning rate after `step` optimizer steps of a run planned to `max_steps` steps (None: not planned yet).
+
+    A cosine from `--learning_rate` down to `--min_learning_rate`: one cycle over the `max_steps` steps (then held
+    at the minimum), or, with `--restart_steps`, warm restarts every `restart_steps` steps, each cycle
+    `--restart_mult` times longer than the one before (torch's `CosineAnnealingWarmRestarts`, as a function of the
+    step). A run timed by `--max_train_minutes` keeps `--learning_rate` until its steps are planned.
+    """
+    high, low = args.learning_rate, args.min_learning_rate
+    if args.restart_steps:
+        position, period = step, args.restart_steps
+        if args.restart_mult == 1:
+            position %= period
+        while position >= period:  # cycles of period restart_steps * restart_mult**k
+            position, period = position - period, period * args.restart_mult
+    elif max_steps:
+        position, period = min(step, max_steps), max_steps
+    else:
+        return high
+    return low + (high - low) * (1 + math.cos(math.pi * position / period)) / 2
+
+
+def plan_steps(accelerator: Accelerator, done: int, steps_timed: int, seconds: float, minutes: float) -> int:
+    """Total steps that fit in `minutes` at the average speed so far (95% margin; same on every process)."""
+    remaining = max(60 * minutes - seconds, 0.0)
+    planned = torch.tensor(done + int(0.95 * remaining * steps_timed / seconds), device=accelerator.device)
+    return int(accelerator.gather(planned[None]).min())
+
+
+def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> bool:
+    """Whether any process has trained for `minutes` (all processes get the same answer and stop together)."""
+    late = torch.tensor(float(time.perf_counter() - started > 60 * minutes), device=accelerator.device)
+    return bool(accelerator.reduce(late, "sum").item())
+
+
+def training_summary(args: TrainArguments, run_info: dict) -> str:
+    """How the model was trained, in one sentence of the model card."""
+    if args.restart_steps:
+        growth = f", each cycle {args.restart_mult} times longer" if args.restart_mult != 1 else ""
+        schedule = f"cosine warm restarts every {args.restart_steps} steps{growth}"
+    else:
+        schedule = f"a cosine over {run_info['planned_steps'] or run_info['final_step']} steps"
+    return (
+        f"{run_info['final_step']} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate} to "
+        f"{args.min_learning_rate}, weight decay {args.weight_decay}) with {schedule}, "
+        f"{args.num_targets} targets per star per step, label target fraction "
+        f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
+        f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
+        f"extinction), seed {args.seed}; {run_info['num_processes']} process(es) x {run_info['num_threads']} "
+        f"CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} steps planned"
+    )
+
+
+def check_arguments(args: TrainArguments, model_args: ModelArguments, num_processes: int) -> None:
+    """Refuse arguments that cannot work, before any data is read."""
+    micro_batches = num_processes * args.gradient_accumulation_steps
+    if args.batch_size % micro_batches:
+        raise TrainingInputError(
+            f"--batch_size {args.batch_size} must be a multiple of processes x gradient_accumulation_steps "
+            f"({num_processes} x {args.gradient_accumulation_steps})."
+        )
+    if args.push_to_hub and not args.hub_model_id:
+        raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
+    if not args.max_steps and not args.max_train_minutes:
+        raise TrainingInputError("Give --max_steps, or --max_train_minutes to fit the steps into a time budget.")
+    if model_args.model_preset not in MODEL_PRESETS:
+        raise TrainingInputError(
+            f"--model_preset must be one of {list(MODEL_PRESETS)}, got {model_args.model_preset!r}."
+        )
+    if not args.learning_rate > 0 or args.restart_steps < 0 or args.restart_mult < 1:
+        raise TrainingInputError(
+            f"--learning_rate ({args.learning_rate}) must be > 0, --restart_steps ({args.restart_steps}) >= 0 and "
+            f"--restart_mult ({args.restart_mult}) >= 1."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -474,44 +369,27 @@ def train(
     accelerator: Accelerator, data_args: DataArguments, model_args: ModelArguments, args: TrainArguments
 ) -> Path:
     """`main` once the arguments are parsed (and the output folder locked by the main process)."""
-    output_dir = Path(args.output_dir)
     num_processes = accelerator.num_processes
-    micro_batches = num_processes * args.gradient_accumulation_steps
-    if args.batch_size % micro_batches:
-        raise TrainingInputError(
-            f"--batch_size {args.batch_size} must be a multiple of processes x gradient_accumulation_steps "
-            f"({num_processes} x {args.gradient_accumulation_steps})."
-        )
-    if args.push_to_hub and not args.hub_model_id:
-        raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
+    check_arguments(args, model_args, num_processes)
+    output_dir = Path(args.output_dir)
     set_seed(args.seed)
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))  # processes on this machine
     if accelerator.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))  # processes on this machine
         torch.set_num_threads(args.num_threads or cpu_threads(local_processes))
     accelerator.print(
         f"{num_processes} process(es) on {accelerator.device.type}, {torch.get_num_threads()} CPU thread(s) each "
         f"({available_cores()} cores available to this process)."
     )
 
-    # Data: the tokenizer is fitted on the training split; stars are encoded once into dense tensors.
+    # Data: the feature extractor is fitted on the training split; stars are encoded once into dense tensors.
     dataset_dir, splits = load_splits(data_args.dataset_dir)
-    train_table = splits["train"]
-    if data_args.max_train_stars:
-        train_table = train_table.iloc[: data_args.max_train_stars]
+    train_table = splits["train"].iloc[: data_args.max_train_stars or None]
     if len(train_table) < args.batch_size:
-        raise TrainingInputError(
-            f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size})."
-        )
-    if model_args.model_preset not in MODEL_PRESETS:
-        raise TrainingInputError(
-            f"--model_preset must be one of {list(MODEL_PRESETS)}, got {model_args.model_preset!r}."
-        )
+        raise TrainingInputError(f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size}).")
     config = MODEL_PRESETS[model_args.model_preset](
         encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
     )
-    tokenizer = AstroTokenizer(
-        observation_names=config.observation_names, context_length=config.context_length
-    )
+    tokenizer = AstroFeatureExtractor(observation_names=config.observation_names, context_length=config.context_length)
     tokenizer.fit(train_table)
     collator = AstroDataCollator(
         tokenizer,
@@ -524,62 +402,51 @@ def train(
     train_values, train_errors = collator.encode(train_table)
     val_values, val_errors = collator.encode(splits["validation"].iloc[: args.eval_stars])
 
-    # Model, optimizer, schedule.
+    # Model, optimizer and learning-rate plan: a function of the step and of `max_steps`, read as planned at each
+    # step (a run timed by --max_train_minutes plans `max_steps` from its speed, below).
     model = AstroForObservationPrediction(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer,
-        T_0=args.restart_steps or args.max_steps or UNPLANNED,
-        T_mult=args.restart_mult,
-        eta_min=args.min_learning_rate,
+    max_steps = args.max_steps or None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate(step, max_steps, args) / args.learning_rate
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    fingerprint = run_fingerprint(config, args, len(train_table))
 
-    if not args.max_steps and not args.max_train_minutes:
-        raise TrainingInputError(
-            "Give --max_steps, or --max_train_minutes to fit the steps into a time budget."
-        )
-    run_id = start_run(accelerator, output_dir, fingerprint, args)
-    start_step, max_steps = 0, args.max_steps or None
-    metrics_path = output_dir / METRICS_FILE
+    # The run this output folder holds; resuming restores model, optimizer, schedule and step exactly.
+    fingerprint = run_fingerprint(config, {key: getattr(args, key) for key in FINGERPRINT_ARGUMENTS}, len(train_table))
+    run_id = start_run(accelerator, output_dir, fingerprint, args.resume_from_checkpoint, args.overwrite_output_dir)
+    start_step = 0
     if args.resume_from_checkpoint:
         checkpoint = find_checkpoint(output_dir, args.resume_from_checkpoint, run_id)
         start_step, planned = check_resumable(checkpoint, fingerprint)
         max_steps = args.max_steps or planned
         accelerator.load_state(str(checkpoint))
         accelerator.print(f"Resumed from {checkpoint} at step {start_step}.")
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / METRICS_FILE
+    if accelerator.is_main_process:  # a resumed run drops the records of the steps after its checkpoint
         write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= start_step])
     accelerator.wait_for_everyone()
 
-    # Training loop.
-    rank, micro_size = accelerator.process_index, args.batch_size // micro_batches
+    # Training loop: one optimizer step of `batch_size` stars per iteration.
+    micro_batches = num_processes * args.gradient_accumulation_steps
     model.train()
     progress = tqdm(
         initial=start_step, total=max_steps, desc="training", disable=not accelerator.is_local_main_process
     )
-    started, window_start, window_stars, done = time.perf_counter(), time.perf_counter(), 0, start_step
-    steps_per_s, planned_steps = None, max_steps
+    started = window_start = time.perf_counter()
+    window_stars, done, steps_per_s, planned_steps = 0, start_step, None, max_steps
     while max_steps is None or done < max_steps:
         step = done
-        stars = epoch_batch(step, len(train_values), args.batch_size, args.seed)
-        batches = []
-        for micro in range(args.gradient_accumulation_steps):
-            part = micro * num_processes + rank  # same slices and masks for any processes x accumulation
-            index = stars[part * micro_size : (part + 1) * micro_size]
-            generator = torch.Generator().manual_seed(seed_for(args.seed, step, part))
-            batches.append(collator.sample(train_values[index], train_errors[index], generator))
-        # Exact mean over the step's valid targets, whatever the processes and accumulation (see the model's
-        # loss).
+        batches = step_batches(collator, train_values, train_errors, step, args, accelerator.process_index,
+                               num_processes)
+        # The exact mean over the step's valid targets, whatever the processes and accumulation (the model's loss).
         local_targets = sum(int((batch["request_ids"] != 0).sum()) for batch in batches)
         num_targets = accelerator.reduce(torch.tensor(local_targets, device=accelerator.device), "sum").item()
         step_loss = torch.zeros((), device=accelerator.device)
         for micro, batch in enumerate(batches):
-            torch.manual_seed(seed_for(args.seed, step, micro * num_processes + rank, 1))  # dropout
-            with accelerator.accumulate(model), accelerator.autocast():
+            torch.manual_seed(seed_for(args.seed, step, micro * num_processes + accelerator.process_index, 1))
+            with accelerator.accumulate(model), accelerator.autocast():  # the seed above: dropout
                 batch = {key: value.to(accelerator.device) for key, value in batch.items()}
                 loss = model(**batch, num_items_in_batch=num_targets / micro_batches).loss
                 accelerator.backward(loss)
@@ -590,31 +457,28 @@ def train(
                 optimizer.zero_grad()
         scheduler.step()
         step_loss = accelerator.reduce(step_loss, "sum").item()
-        window_stars += args.batch_size
         if not math.isfinite(step_loss):
             accelerator.end_training()
             raise TrainingDivergedError(
-                f"The training loss became {step_loss} at step {step + 1} (learning rate "
-                f"{args.learning_rate}): lower --learning_rate or --max_grad_norm, or --mixed_precision no. "
-                "Checkpoints saved before "
-                f"step {step + 1} in {output_dir / CHECKPOINTS} are intact."
+                f"The training loss became {step_loss} at step {step + 1} (learning rate {args.learning_rate}): "
+                "lower --learning_rate or --max_grad_norm, or --mixed_precision no. Checkpoints saved before step "
+                f"{step + 1} in {output_dir / CHECKPOINTS} are intact."
             )
-        done = step + 1
+        done, window_stars = step + 1, window_stars + args.batch_size
         progress.update()
-        if done - start_step == PLAN_STEPS:
-            steps_per_s = PLAN_STEPS / (time.perf_counter() - started)
-        if not args.max_steps and (done - start_step) % PLAN_STEPS == 0:  # fit the cosine into the time left
-            max_steps = plan_steps(
+
+        # A time budget: plan the steps that fit in the time left from the speed so far (the schedule follows).
+        if not args.max_steps and (done - start_step) % PLAN_STEPS == 0:
+            max_steps = progress.total = plan_steps(
                 accelerator, done, done - start_step, time.perf_counter() - started, args.max_train_minutes
             )
-            if not args.restart_steps:  # one cosine cycle; kept ahead of the step count so it never restarts
-                scheduler.T_0 = scheduler.T_i = max(max_steps, done + PLAN_STEPS + 1)
-            progress.total = max_steps
         if done - start_step == PLAN_STEPS:
-            planned_steps = max_steps
+            steps_per_s, planned_steps = PLAN_STEPS / (time.perf_counter() - started), max_steps
             accelerator.print(
                 f"Measured {steps_per_s:.2f} steps/s over the first {PLAN_STEPS} steps; {planned_steps} steps planned."
             )
+
+        # Metrics, validation loss, checkpoints.
         if done % args.logging_steps == 0 or done % args.eval_steps == 0 or done == max_steps:
             now = time.perf_counter()
             record = {
@@ -630,23 +494,19 @@ def train(
                     accelerator.unwrap_model(model), collator, val_values, val_errors, 512, args.seed
                 )
             window_start, window_stars = time.perf_counter(), 0
-            progress.set_postfix(
-                loss=f"{step_loss:.3f}",
-                **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}),
-            )
+            shown = {"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}
+            progress.set_postfix(loss=f"{step_loss:.3f}", **shown)
             if accelerator.is_main_process:
                 append_jsonl(metrics_path, record)
         if done % args.save_steps == 0:
             save_checkpoint(accelerator, output_dir, done, max_steps, fingerprint, args.save_total_limit, run_id)
         if args.max_train_minutes and out_of_time(accelerator, started, args.max_train_minutes):
-            accelerator.print(
-                f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached."
-            )
+            accelerator.print(f"Stopping at step {done}: --max_train_minutes {args.max_train_minutes} reached.")
             break
     progress.close()
     accelerator.wait_for_everyone()
 
-    # Final model folder: model + tokenizer + collator code, evaluation and model card.
+    # The model folder: model, feature extractor and collator code, evaluation, model card; then the Hub.
     if accelerator.is_main_process:
         seconds = time.perf_counter() - started
         run_info = {
@@ -660,110 +520,29 @@ def train(
             "final_step": done,
             "train_seconds": round(seconds, 1),
         }
-        save_final(accelerator.unwrap_model(model), tokenizer, output_dir, args, run_info)
-        results = (
-            evaluate(
-                str(output_dir),
-                dataset_dir,
-                str(output_dir),
-                predictor_kwargs={"device": accelerator.device},
-                training={key: value for key, value in run_info.items() if key != "dataset_dir"},
+        save_final(accelerator.unwrap_model(model), tokenizer, output_dir, {**asdict(args), **run_info})
+        results = None
+        if args.do_eval:
+            training = {key: value for key, value in run_info.items() if key != "dataset_dir"}
+            results = evaluate(
+                str(output_dir), dataset_dir, str(output_dir), predictor_kwargs={"device": accelerator.device},
+                training=training,
             )
-            if args.do_eval
-            else None
-        )
-        if results is not None:
             print(format_table(results))
-        write_model_card(output_dir, results, args, model_args, run_info)
+        write_model_card(
+            output_dir,
+            results,
+            template=REPO_ROOT / "model_card.md",
+            model_id=args.hub_model_id or output_dir.name,
+            dataset_name=Path(dataset_dir).name,
+            model_preset=model_args.model_preset,
+            training_summary=training_summary(args, run_info),
+        )
         if args.push_to_hub:
-            url = push_to_hub(output_dir, args.hub_model_id, private=args.hub_private_repo)
-            print(f"Pushed to {url}")
+            print(f"Pushed to {push_to_hub(output_dir, args.hub_model_id, private=args.hub_private_repo)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
-
-
-def plan_steps(accelerator: Accelerator, done: int, steps_timed: int, seconds: float, minutes: float) -> int:
-    """Total steps that fit in `minutes` at the average speed so far (95% margin; same on every process)."""
-    remaining = max(60 * minutes - seconds, 0.0)
-    planned = torch.tensor(done + int(0.95 * remaining * steps_timed / seconds), device=accelerator.device)
-    return int(accelerator.gather(planned[None]).min())
-
-
-def out_of_time(accelerator: Accelerator, started: float, minutes: float) -> bool:
-    """Whether any process has trained for `minutes` (all processes get the same answer and stop together)."""
-    late = torch.tensor(float(time.perf_counter() - started > 60 * minutes), device=accelerator.device)
-    return bool(accelerator.reduce(late, "sum").item())
-
-
-def save_final(
-    model, tokenizer: AstroTokenizer, output_dir: Path, args: TrainArguments, run_info: dict
-) -> None:
-    """
-    Save model, tokenizer and collator code into a new copy of `output_dir` swapped in whole (`replace_folder`):
-    a kill at any instant leaves the old or the new model, never a mix. The new copy keeps the folder's other
-    files (checkpoints, metrics, run.json: hard links, no copying) but not an older model's weights, evaluation
-    and card, which `evaluate` and `write_model_card` write again for the new model.
-    """
-    kept = f"{output_dir} is unchanged, its checkpoints intact"
-    with replace_folder(output_dir, kept=kept) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.copy(REPO_ROOT / "modeling_astro" / "data_collator_astro.py", staging)
-        (staging / "training_args.json").write_text(json.dumps({**asdict(args), **run_info}, indent=1))
-        written = {path.name for path in staging.iterdir()}
-        for path in output_dir.iterdir():
-            if path.name in written or path.name.startswith(INTERNAL_PREFIX):
-                continue
-            if not any(path.match(pattern) for pattern in FINAL_MODEL_FILES):
-                link_tree(path, staging / path.name)
-
-
-def write_model_card(
-    output_dir: Path, results: dict | None, args: TrainArguments, model_args: ModelArguments, run_info: dict
-) -> None:
-    """Fill the `model_card.md` template of the repository into `output_dir/README.md`."""
-    from string import Template
-
-    template = Template((REPO_ROOT / "model_card.md").read_text())
-    config = AstroConfig.from_pretrained(output_dir)
-    card = template.substitute(
-        model_id=args.hub_model_id or output_dir.name,
-        dataset_name=Path(run_info["dataset_dir"]).name,
-        num_parameters=f"{AstroForObservationPrediction(config).num_parameters():,}",
-        model_preset=model_args.model_preset,
-        training_summary=(
-            f"{run_info['final_step']} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate}, "
-            f"weight decay {args.weight_decay}) with cosine warm restarts "
-            f"(T_0 {args.restart_steps or run_info['final_step']}), "
-            f"{args.num_targets} targets per star per step, label target fraction "
-            f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
-            f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
-            f"extinction), seed {args.seed}; {run_info['num_processes']} process(es) x {run_info['num_threads']} "
-            f"CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} steps planned"
-        ),
-        evaluation_table=format_table(results, markdown=True)
-        if results is not None
-        else "Not evaluated (trained with `--do_eval false`): run `python -m modeling_astro.evaluation`.",
-    )
-    if results is not None:
-        card = add_model_index(card, results, args.hub_model_id or output_dir.name, Path(run_info["dataset_dir"]).name)
-    atomic_write_text(output_dir / "README.md", card)
-
-
-def push_to_hub(output_dir: Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create the Hub repository if needed, upload the model folder (no checkpoints); return the URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=output_dir,
-        ignore_patterns=[f"{CHECKPOINTS}/**", ".tmp*", "*.tmp"],
-        commit_message="Upload Astro model trained with train.py",
-    )
-    return commit.commit_url
 
 
 if __name__ == "__main__":

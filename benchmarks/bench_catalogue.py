@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, THREADS, cpu_description, machine_load, setup_torch  # noqa: E402
 
 from configuration_astro import AstroConfig  # noqa: E402
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
 
 INPUTS = [f"bp{i}" for i in range(32)] + [f"rp{i}" for i in range(32)]
 REQUEST = ["teff", "logg", "m_h"]
@@ -80,7 +80,7 @@ def save_model(folder: Path, config_name: str, shard: Path) -> None:
     config = AstroConfig() if config_name == "paper" else AstroConfig.small()
     AstroForObservationPrediction(config).save_pretrained(folder)
     table = pq.read_table(shard, columns=INPUTS)
-    AstroTokenizer().fit({name: table[name].to_numpy() for name in INPUTS}).save_pretrained(folder)
+    AstroFeatureExtractor().fit({name: table[name].to_numpy() for name in INPUTS}).save_pretrained(folder)
 
 
 def tree_rss_mb(process: psutil.Process) -> float:

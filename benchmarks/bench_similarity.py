@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import LABEL_NAMES, THREADS, machine_load, peak_rss_mb, setup_torch, stars  # noqa: E402
 
 from configuration_astro import AstroConfig  # noqa: E402
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
 from modeling_astro.inference import AstroPredictor  # noqa: E402
 from modeling_astro.observations import XP_NAMES  # noqa: E402
 from modeling_astro.tasks.similarity import (  # noqa: E402
@@ -56,7 +56,7 @@ def base_embeddings(n_stars: int, config_name: str) -> np.ndarray:
     config = AstroConfig() if config_name == "paper" else AstroConfig.small()
     model = AstroForObservationPrediction(config).eval()
     observed = stars([*INPUTS, *LABEL_NAMES], n_stars)
-    tokenizer = AstroTokenizer().fit(observed)
+    tokenizer = AstroFeatureExtractor().fit(observed)
     predictor = AstroPredictor(model, tokenizer, device="cpu")
     return predictor.embed({name: observed[name] for name in INPUTS}, progress=True)
 

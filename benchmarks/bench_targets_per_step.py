@@ -22,14 +22,14 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
-from modeling_astro import AstroConfig, AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro import AstroConfig, AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
 from modeling_astro.data_collator_astro import AstroDataCollator  # noqa: E402
 
 
 def score_checkpoints(run_dir: Path, values, errors) -> dict[int, float]:
     """Paper-task validation loss (one uniform target, masks fixed by seed 0) of every checkpoint of a run."""
     config = AstroConfig.from_pretrained(run_dir)
-    tokenizer = AstroTokenizer.from_pretrained(run_dir)
+    tokenizer = AstroFeatureExtractor.from_pretrained(run_dir)
     collator = AstroDataCollator(tokenizer, num_targets=1)
     model = AstroForObservationPrediction(config)
     losses = {}
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
                 str(args.eval_steps),
             ]
         )
-        tokenizer = AstroTokenizer.from_pretrained(run_dir)
+        tokenizer = AstroFeatureExtractor.from_pretrained(run_dir)
         values, errors = AstroDataCollator(tokenizer).encode(splits["validation"].iloc[:4096])
         elapsed = {r["step"]: r["elapsed_s"] for r in train.read_metrics(run_dir / train.METRICS_FILE)}
         losses = score_checkpoints(run_dir, values, errors)

@@ -32,7 +32,7 @@ from bench_targets_per_step import score_checkpoints  # noqa: E402
 from common import cpu_description, machine_load  # noqa: E402
 
 import train  # noqa: E402
-from modeling_astro import AstroConfig, AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro import AstroConfig, AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
 from modeling_astro.data_collator_astro import AstroDataCollator  # noqa: E402
 from modeling_astro.inference import AstroPredictor  # noqa: E402
 from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS  # noqa: E402
@@ -61,7 +61,7 @@ def parse_setting(text: str) -> tuple[str, list[str]]:
 def label_mad_std(run_dir: Path, table, steps: list[int]) -> dict[int, dict[str, float]]:
     """MAD-std of the paper's labels predicted from its XP + colour inputs, per checkpoint step."""
     config = AstroConfig.from_pretrained(run_dir)
-    tokenizer = AstroTokenizer.from_pretrained(run_dir)
+    tokenizer = AstroFeatureExtractor.from_pretrained(run_dir)
     model = AstroForObservationPrediction(config)
     has_xp = np.isfinite(table[list(EVALUATION_INPUTS[:60])].to_numpy()).all(axis=1)
     inputs = {name: table[name].to_numpy()[has_xp] for name in EVALUATION_INPUTS}
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                 *shlex.split(args.extra), *options,
             ]
         )  # fmt: skip
-        tokenizer = AstroTokenizer.from_pretrained(run_dir)
+        tokenizer = AstroFeatureExtractor.from_pretrained(run_dir)
         values, errors = AstroDataCollator(tokenizer).encode(validation)
         elapsed = {r["step"]: r["elapsed_s"] for r in train.read_metrics(run_dir / train.METRICS_FILE)}
         losses = score_checkpoints(run_dir, values, errors)

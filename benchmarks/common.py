@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from configuration_astro import AstroConfig  # noqa: E402
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer  # noqa: E402
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
 
 THREADS = 2
 FAST_PATHS = ("fast_fp32", "fast_bf16", "compiled_fp32", "compiled_bf16")  # AstroPredictor: eager / torch.compile
@@ -37,11 +37,11 @@ def setup_torch(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def paper_model() -> tuple[AstroForObservationPrediction, AstroTokenizer]:
+def paper_model() -> tuple[AstroForObservationPrediction, AstroFeatureExtractor]:
     """The paper's 8.8 M-parameter model with random weights, in eval mode, and an identity tokenizer."""
     setup_torch()
     model = AstroForObservationPrediction(AstroConfig()).eval()
-    return model, AstroTokenizer()
+    return model, AstroFeatureExtractor()
 
 
 def stars(input_names: Sequence[str], n_stars: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -67,7 +67,7 @@ def stars(input_names: Sequence[str], n_stars: int, seed: int = 0) -> dict[str, 
 @torch.no_grad()
 def naive_predict(
     model: AstroForObservationPrediction,
-    tokenizer: AstroTokenizer,
+    tokenizer: AstroFeatureExtractor,
     data: dict[str, np.ndarray],
     request: Sequence[str],
     batch_size: int = 1024,

@@ -8,7 +8,7 @@ checkpoint folder, which then loads with ``trust_remote_code=True`` without this
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from .configuration_astro import AstroConfig
-from .feature_extraction_astro import AstroTokenizer, ObservationNameError
+from .feature_extraction_astro import AstroFeatureExtractor, ObservationNameError
 from .modeling_astro import (
     AstroForObservationPrediction,
     AstroModel,
@@ -20,19 +20,29 @@ from .modeling_astro import (
 AstroConfig.register_for_auto_class()
 AstroModel.register_for_auto_class("AutoModel")
 AstroForObservationPrediction.register_for_auto_class("AutoModelForPreTraining")
-AstroTokenizer.register_for_auto_class("AutoFeatureExtractor")
+AstroFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 AutoConfig.register("astro", AstroConfig, exist_ok=True)
 AutoModel.register(AstroConfig, AstroModel, exist_ok=True)
 AutoModelForPreTraining.register(AstroConfig, AstroForObservationPrediction, exist_ok=True)
-AutoFeatureExtractor.register(AstroConfig, AstroTokenizer, exist_ok=True)
+AutoFeatureExtractor.register(AstroConfig, AstroFeatureExtractor, exist_ok=True)
+
+
+def __getattr__(name: str):
+    """`AstroTokenizer`, the deprecated old name of `AstroFeatureExtractor` (with a `FutureWarning`)."""
+    if name == "AstroTokenizer":
+        from . import feature_extraction_astro
+
+        return getattr(feature_extraction_astro, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AstroConfig",
+    "AstroFeatureExtractor",
     "AstroForObservationPrediction",
     "AstroModel",
     "AstroModelOutput",
     "AstroObservationPredictionOutput",
     "AstroPreTrainedModel",
-    "AstroTokenizer",
     "ObservationNameError",
 ]

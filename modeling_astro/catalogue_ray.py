@@ -323,7 +323,7 @@ def predict_catalogue_ray(
     """
     import ray
 
-    from .feature_extraction_astro import AstroTokenizer
+    from .feature_extraction_astro import AstroFeatureExtractor
 
     start = time.perf_counter()
     if num_actors < 1 or rows_per_chunk < 1:
@@ -337,7 +337,7 @@ def predict_catalogue_ray(
     summary = CatalogueRun(kind=kind, files_total=len(files), files_skipped=len(files) - len(todo))
     if not todo:
         return summary
-    tokenizer = AstroTokenizer.from_pretrained(str(model))
+    tokenizer = AstroFeatureExtractor.from_pretrained(str(model))
     tokenizer.encode_requests(request)  # an unknown request fails here, before Ray starts
     started_ray = not ray.is_initialized()
     if started_ray:

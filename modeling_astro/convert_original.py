@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .configuration_astro import AstroConfig
-from .feature_extraction_astro import AstroTokenizer
+from .feature_extraction_astro import AstroFeatureExtractor
 from .modeling_astro import AstroForObservationPrediction
 
 # torch.nn.functional names of the original code -> transformers' ACT2FN names; None meant F.relu there.
@@ -181,7 +181,7 @@ def convert_original_checkpoint(original_dir: str | Path, output_dir: str | Path
     names = [names[i] for i in order]
     tokens = [int(tokens[i]) for i in order]
     norm = original_config["norm_config"]
-    tokenizer = AstroTokenizer(
+    tokenizer = AstroFeatureExtractor(
         observation_names=names,
         medians=[norm["_input_mean"][t] for t in tokens],
         scales=[norm["_input_std"][t] for t in tokens],

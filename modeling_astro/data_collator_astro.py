@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .feature_extraction_astro import AstroTokenizer
+from .feature_extraction_astro import AstroFeatureExtractor
 
 DEFAULT_LABEL_NAMES = ("teff", "logg", "m_h")
 
@@ -32,7 +32,7 @@ class AstroDataCollator:
     be asked about.
 
     Args:
-        tokenizer ([`AstroTokenizer`]): standardises values and errors and maps names to token ids.
+        tokenizer ([`AstroFeatureExtractor`]): standardises values and errors and maps names to token ids.
         num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get
         request id
             0 and label `label_pad_value`, which the loss ignores.
@@ -67,7 +67,7 @@ class AstroDataCollator:
 
     def __init__(
         self,
-        tokenizer: AstroTokenizer,
+        tokenizer: AstroFeatureExtractor,
         num_targets: int = 1,
         context_length: int | None = None,
         max_blanked: int = 59,

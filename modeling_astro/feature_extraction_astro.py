@@ -169,7 +169,7 @@ class StarTable:
     def select(self, names: Sequence[str]) -> dict[str, Any]:
         """
         The columns of the observations `names` that the table has, with their error columns, unchanged (units
-        and masks kept, read later by [`AstroTokenizer.read_table`]): a task's inputs restricted to these
+        and masks kept, read later by [`AstroFeatureExtractor.read_table`]): a task's inputs restricted to these
         observations, so that a prediction cannot see, e.g., a dataset row's own answer.
         """
         selected = {}
@@ -299,9 +299,10 @@ def suggest_names(name: str, vocabulary: Sequence[str]) -> str:
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
-class AstroTokenizer(FeatureExtractionMixin):
+class AstroFeatureExtractor(FeatureExtractionMixin):
     r"""
-    Numeric-value tokenizer of the Astro model. A star is a set of (observation name, value) pairs: this class
+    Feature extractor of the Astro model (its numeric-value tokenizer; `AstroTokenizer` is the deprecated old name
+    of this class, kept so that older checkpoints load). A star is a set of (observation name, value) pairs: this class
     maps names to token ids (`observation_names[i]` -> `i + 1`, 0 is padding), standardises values per observation
     by a median and a MAD-std fitted from data (`(value - median) / scale`), turns NaN/inf into padding, packs each
     star's present observations to the left and converts predictions back to physical units.
@@ -324,7 +325,7 @@ class AstroTokenizer(FeatureExtractionMixin):
 
     ```python
     >>> import numpy as np
-    >>> tokenizer = AstroTokenizer().fit({"teff": np.array([4500.0, 5000.0, 5800.0])})
+    >>> tokenizer = AstroFeatureExtractor().fit({"teff": np.array([4500.0, 5000.0, 5800.0])})
     >>> batch = tokenizer({"teff": np.array([4800.0, np.nan]), "logg": np.array([2.5, 4.4])}, return_tensors="pt")
     >>> batch["input_ids"]
     tensor([[114, 115],
@@ -425,7 +426,7 @@ class AstroTokenizer(FeatureExtractionMixin):
         return new_ids
 
     # ------------------------------------------------------------------ standardisation
-    def fit(self, data: Any, observation_names: Sequence[str] | None = None) -> "AstroTokenizer":
+    def fit(self, data: Any, observation_names: Sequence[str] | None = None) -> "AstroFeatureExtractor":
         """Set each observation's median and MAD-std (physical units) from the finite values in `data`."""
         names, table, _ = self.read_table(data, observation_names=observation_names, check_range=False)
         unfitted = []
@@ -717,7 +718,7 @@ class AstroTokenizer(FeatureExtractionMixin):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "AstroTokenizer":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "AstroFeatureExtractor":
         """Load a tokenizer and check that its vocabulary matches the model config saved beside it, if any."""
         tokenizer = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
@@ -750,17 +751,30 @@ class AstroTokenizer(FeatureExtractionMixin):
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()
-        output.pop("_token_ids", None)
-        # transformers records classes named "*Tokenizer" as (slow, fast) text-tokenizer pairs; a feature
-        # extractor's auto_map entry must be the plain "module.Class" string.
-        auto_map = output.get("auto_map", {})
-        if isinstance(auto_map.get("AutoFeatureExtractor"), (list, tuple)):
-            auto_map["AutoFeatureExtractor"] = auto_map["AutoFeatureExtractor"][0]
+        output.pop("_token_ids", None)  # derived from `observation_names`, rebuilt by `__init__`
         return output
 
 
+_DEPRECATED_NAMES = {"AstroTokenizer": "AstroFeatureExtractor"}
+
+
+def __getattr__(name: str) -> Any:
+    """`AstroTokenizer`, the old name of [`AstroFeatureExtractor`], with a `FutureWarning` (checkpoints saved
+    before the rename name it in `preprocessor_config.json` and `auto_map`, and load through it)."""
+    if name in _DEPRECATED_NAMES:
+        warnings.warn(
+            f"`{name}` was renamed `{_DEPRECATED_NAMES[name]}` (it is a transformers feature extractor, not a text "
+            f"tokenizer); import `{_DEPRECATED_NAMES[name]}` instead. The old name will be removed in a future "
+            "version.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return globals()[_DEPRECATED_NAMES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "AstroTokenizer",
+    "AstroFeatureExtractor",
     "ERROR_SUFFIX",
     "ERROR_SUFFIX_ALIASES",
     "InvalidValueWarning",

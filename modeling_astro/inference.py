@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .feature_extraction_astro import AstroTokenizer, StarTable
+from .feature_extraction_astro import AstroFeatureExtractor, StarTable
 from .modeling_astro import pool_states
 from .observations import SIGMA_SUFFIX, XP_COEFFICIENTS_PER_BAND
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
@@ -95,7 +95,7 @@ class AstroAttentions:
 
 class AstroPredictor:
     r"""
-    Batched inference with an [`AstroForObservationPrediction`] and its [`AstroTokenizer`].
+    Batched inference with an [`AstroForObservationPrediction`] and its [`AstroFeatureExtractor`].
 
     Args:
         model: the model (put in eval mode and moved to `device`).
@@ -128,7 +128,7 @@ class AstroPredictor:
     def __init__(
         self,
         model: torch.nn.Module,
-        tokenizer: AstroTokenizer,
+        tokenizer: AstroFeatureExtractor,
         device: str | torch.device | None = None,
         batch_size: int | None = None,
         dtype: torch.dtype | None = None,
@@ -303,7 +303,7 @@ class AstroPredictor:
             keep_columns: input columns copied unchanged (e.g. `source_id`) to the front of the table.
             invalid: `"raise"` (default): values far outside the tokenizer's range (wrong units, sentinels) and
                 negative, infinite or huge errors are a `ValueError` naming the observation and row; `"mask"`
-                treats them as missing, with a warning (see `AstroTokenizer.read_table`).
+                treats them as missing, with a warning (see `AstroFeatureExtractor.read_table`).
 
         Returns:
             `pandas.DataFrame` with one row per input star, in input order, and columns `<name>` and

@@ -61,7 +61,7 @@ class AstroModelOutput(ModelOutput):
 class AstroObservationPredictionOutput(ModelOutput):
     r"""
     Output of [`AstroForObservationPrediction`]: a Gaussian prediction of each requested observation, in the
-    standardised units of the tokenizer (use `AstroTokenizer.inverse_transform` for physical units).
+    standardised units of the tokenizer (use `AstroFeatureExtractor.inverse_transform` for physical units).
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
@@ -382,7 +382,7 @@ class AstroPreTrainedModel(PreTrainedModel):
         """
         Append new observation names (e.g. a label from another survey) to the vocabulary: the value embedding
         grows by one row per name (new rows initialised as at construction), every existing weight is kept.
-        Returns the new token ids; add the same names to the tokenizer with `AstroTokenizer.add_observations`.
+        Returns the new token ids; add the same names to the tokenizer with `AstroFeatureExtractor.add_observations`.
         """
         duplicates = [name for name in names if name in self.config.observation_names]
         if duplicates or len(set(names)) != len(names):
@@ -568,7 +568,7 @@ class AstroModel(AstroPreTrainedModel):
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, num_inputs)`):
-                Token ids of the input observations (0 = padding), from [`AstroTokenizer`].
+                Token ids of the input observations (0 = padding), from [`AstroFeatureExtractor`].
             input_values (`torch.FloatTensor` of shape `(batch_size, num_inputs)`):
                 Standardised values of the input observations (0 at padding).
             attention_mask (`torch.Tensor` of shape `(batch_size, num_inputs)`, *optional*):
@@ -659,9 +659,9 @@ class AstroForObservationPrediction(AstroPreTrainedModel):
 
     ```python
     >>> import numpy as np
-    >>> from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+    >>> from modeling_astro import AstroForObservationPrediction, AstroFeatureExtractor
     >>> model = AstroForObservationPrediction.from_pretrained("path/to/checkpoint")
-    >>> tokenizer = AstroTokenizer.from_pretrained("path/to/checkpoint")
+    >>> tokenizer = AstroFeatureExtractor.from_pretrained("path/to/checkpoint")
     >>> inputs = tokenizer({"bprp": np.array([0.9]), "jh": np.array([0.4])}, return_tensors="pt")
     >>> requests = tokenizer.encode_requests(["teff", "logg"], batch_size=1)
     >>> out = model(**inputs, request_ids=requests)

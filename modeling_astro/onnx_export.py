@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .feature_extraction_astro import AstroTokenizer
+from .feature_extraction_astro import AstroFeatureExtractor
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model = AutoModelForPreTraining.from_pretrained(args.model, trust_remote_code=True)
     export_onnx(model, args.out, args.opset)
-    AstroTokenizer.from_pretrained(args.model).save_pretrained(args.out)
+    AstroFeatureExtractor.from_pretrained(args.model).save_pretrained(args.out)
     if not args.no_check:
         difference = check_onnx(model, args.out)
         print(f"largest |ONNX - PyTorch| difference: {difference:.3g}")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import run_process_group, tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.catalogue_inference import input_shards, predict_catalogue
 from modeling_astro.inference import AstroPredictor
 
@@ -33,7 +33,7 @@ def catalogue(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("catalogue")
     torch.manual_seed(0)
     AstroForObservationPrediction(tiny_config(context_length=8)).save_pretrained(root / "model")
-    AstroTokenizer(context_length=8).save_pretrained(root / "model")
+    AstroFeatureExtractor(context_length=8).save_pretrained(root / "model")
     rng = np.random.default_rng(0)
     (root / "data" / "data").mkdir(parents=True)
     first_id = 2**61

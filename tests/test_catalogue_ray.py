@@ -30,7 +30,7 @@ from dataset_builder.bulk import (
     write_hats_sample,
 )
 from dataset_builder.errors import DatasetBuildError
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEST = ["teff", "logg"]
@@ -132,7 +132,7 @@ def model(tmp_path_factory, bulk) -> Path:
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
     AstroForObservationPrediction(tiny_config(context_length=16)).save_pretrained(folder)
-    tokenizer = AstroTokenizer(context_length=16)
+    tokenizer = AstroFeatureExtractor(context_length=16)
     chunks = [chunk for path in sorted(bulk.glob("Xp*")) for chunk in iter_bulk_inputs(path)]
     names = [name for name in tokenizer.observation_names if name in chunks[0]]
     tokenizer.fit({name: np.concatenate([np.asarray(chunk[name]) for chunk in chunks]) for name in names})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 
 LABELS = ("teff", "logg", "m_h")
@@ -14,7 +14,7 @@ LABELS = ("teff", "logg", "m_h")
 def random_stars(num_stars: int = 200, missing: float = 0.3, seed: int = 0) -> dict[str, np.ndarray]:
     """Columns for every vocabulary name (with errors); a random `missing` share of values is NaN."""
     rng = np.random.default_rng(seed)
-    tokenizer = AstroTokenizer()
+    tokenizer = AstroFeatureExtractor()
     data = {}
     for name in tokenizer.observation_names:
         values = rng.normal(3.0, 2.0, num_stars)
@@ -25,8 +25,8 @@ def random_stars(num_stars: int = 200, missing: float = 0.3, seed: int = 0) -> d
 
 
 @pytest.fixture
-def tokenizer() -> AstroTokenizer:
-    return AstroTokenizer(context_length=16).fit(random_stars(500, missing=0.0, seed=1))
+def tokenizer() -> AstroFeatureExtractor:
+    return AstroFeatureExtractor(context_length=16).fit(random_stars(500, missing=0.0, seed=1))
 
 
 def test_batch_shapes_and_sampling_rules(tokenizer):

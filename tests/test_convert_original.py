@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from conftest import SHARED_DATA
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.convert_original import convert_original_checkpoint
 
 ORIGINAL = SHARED_DATA / "original_checkpoint" / "tiny_random"
@@ -33,7 +33,7 @@ def _predict(model, tokenizer, input_names, input_values, request):
 @pytest.mark.parametrize("case", ["case_xp_to_labels", "case_labels_to_xp"])
 def test_converted_checkpoint_reproduces_original_outputs(tmp_path, case):
     model = convert_original_checkpoint(ORIGINAL, tmp_path)
-    tokenizer = AstroTokenizer.from_pretrained(tmp_path)
+    tokenizer = AstroFeatureExtractor.from_pretrained(tmp_path)
     vectors = json.loads((ORIGINAL / "test_vectors.json").read_text())[case]
     mean, sigma, scale = _predict(model, tokenizer, vectors["input_names"], vectors["input_values"], vectors["request"])
     # 1e-4 relative, where "relative" for a prediction that cancels to ~0 in physical units also admits 1e-4 of
@@ -129,7 +129,7 @@ def test_converter_handles_other_configurations(tmp_path):
     subprocess.run([sys.executable, "-m", "modeling_astro.convert_original", "--original", str(original),
                     "--output_dir", str(converted)], check=True, cwd=Path(__file__).resolve().parents[1])
     model = AstroForObservationPrediction.from_pretrained(converted).eval()
-    tokenizer = AstroTokenizer.from_pretrained(converted)
+    tokenizer = AstroFeatureExtractor.from_pretrained(converted)
     assert model.config.decoder_attention_heads == [4, 2, 1] and model.config.encoder_act == "relu"
 
     physical = {"teff": np.array([4500.0, 5200.0, np.nan]), "logg": np.array([2.1, np.nan, 4.4]),

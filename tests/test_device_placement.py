@@ -12,7 +12,7 @@ import torch
 
 import train
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.inference import AstroPredictor
 
@@ -24,7 +24,7 @@ def stars(num_stars: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """Columns of every vocabulary name, with errors."""
     rng = np.random.default_rng(seed)
     data = {}
-    for name in AstroTokenizer().observation_names:
+    for name in AstroFeatureExtractor().observation_names:
         data[name] = rng.normal(3.0, 2.0, num_stars)
         data[f"{name}_err"] = rng.uniform(0.01, 0.2, num_stars)
     return data
@@ -59,7 +59,7 @@ def meta_model() -> AstroForObservationPrediction:
 def test_hooks_catch_a_tensor_left_on_the_cpu(meta_model):
     """The check itself can fail: a CPU batch given to a meta model is reported, naming the module."""
     checked = assert_inputs_on_parameter_device(meta_model)
-    tokenizer = AstroTokenizer(context_length=16).fit(stars(200, seed=1))
+    tokenizer = AstroFeatureExtractor(context_length=16).fit(stars(200, seed=1))
     batch = AstroDataCollator(tokenizer, num_targets=4)(stars(8))
     batch.pop("labels"), batch.pop("label_errors")
     with pytest.raises(AssertionError, match="parameters are on meta"):
@@ -68,7 +68,7 @@ def test_hooks_catch_a_tensor_left_on_the_cpu(meta_model):
 
 
 def test_validation_loss_runs_on_the_model_device(meta_model):
-    tokenizer = AstroTokenizer(context_length=16).fit(stars(200, seed=1))
+    tokenizer = AstroFeatureExtractor(context_length=16).fit(stars(200, seed=1))
     collator = AstroDataCollator(tokenizer, num_targets=4, seed=0)
     values, errors = collator.encode(stars(32))
     checked = assert_inputs_on_parameter_device(meta_model)
@@ -79,7 +79,7 @@ def test_validation_loss_runs_on_the_model_device(meta_model):
 
 def test_predictor_runs_on_its_device(meta_model):
     """(Sampling input errors, `n_samples > 0`, needs a random generator, which the meta device has not.)"""
-    tokenizer = AstroTokenizer(context_length=16).fit(stars(200, seed=1))
+    tokenizer = AstroFeatureExtractor(context_length=16).fit(stars(200, seed=1))
     checked = assert_inputs_on_parameter_device(meta_model)  # before: the predictor runs a copy of the model
     predictor = AstroPredictor(meta_model, tokenizer, device="meta", attn_implementation="sdpa")
     data = {name: values for name, values in stars(8).items() if name.startswith(("bp", "rp"))}

@@ -1,6 +1,7 @@
 """modeling_astro.evaluation: metrics, calibration, the XGBoost baseline and the command line."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,11 +60,20 @@ def test_command_line_writes_results_and_plots(tiny_trained_checkpoint, tiny_sur
     from huggingface_hub import ModelCard
 
     import train
+    from modeling_astro import publishing
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_trained_checkpoint, folder)
     run_info = json.loads((tiny_trained_checkpoint / "training_args.json").read_text())  # what train.py recorded
-    train.write_model_card(folder, results, train.TrainArguments(), train.ModelArguments(), run_info)
+    publishing.write_model_card(
+        folder,
+        results,
+        template=train.REPO_ROOT / "model_card.md",
+        model_id="model",
+        dataset_name=Path(run_info["dataset_dir"]).name,
+        model_preset="tiny",
+        training_summary=train.training_summary(train.TrainArguments(), run_info),
+    )
     card = ModelCard.load(folder / "README.md")
     index = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert card.data.model_name == "model" and len(index) == 3 * len(evaluation.MODEL_INDEX_METRICS)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import load_split_tables
 
@@ -38,7 +38,7 @@ class RecordingModel(AstroForObservationPrediction):
 def fine_tune(checkpoint, dataset, output_dir, label_pad_value: float, max_steps: int = 4):
     model = RecordingModel.from_pretrained(checkpoint)
     model.calls = []
-    tokenizer = AstroTokenizer.from_pretrained(checkpoint)
+    tokenizer = AstroFeatureExtractor.from_pretrained(checkpoint)
     old_weight = model.get_input_embeddings().weight.detach().clone()
     model.add_observations([NEW])
     values = np.asarray(dataset[NEW], dtype=float)
@@ -88,7 +88,7 @@ def test_trainer_fine_tunes_a_new_observation(tiny_trained_checkpoint, tiny_surv
     trainer.save_model(saved)
     tokenizer.save_pretrained(saved)
     reloaded = AstroForObservationPrediction.from_pretrained(saved)
-    assert AstroTokenizer.from_pretrained(saved).token_id(NEW) == new_id
+    assert AstroFeatureExtractor.from_pretrained(saved).token_id(NEW) == new_id
     torch.testing.assert_close(reloaded.get_input_embeddings().weight, embedding.detach())
 
 
@@ -104,7 +104,7 @@ def test_nan_padding_would_overcount_items_for_the_trainer(tiny_trained_checkpoi
 def test_loss_is_exact_under_gradient_accumulation(tiny_trained_checkpoint, tiny_survey, accumulation):
     """Micro-batch losses with `num_items_in_batch` = all valid targets sum to the full-batch gradient."""
     model = AstroForObservationPrediction.from_pretrained(tiny_trained_checkpoint)
-    tokenizer = AstroTokenizer.from_pretrained(tiny_trained_checkpoint)
+    tokenizer = AstroFeatureExtractor.from_pretrained(tiny_trained_checkpoint)
     collator = AstroDataCollator(tokenizer, num_targets=4, label_pad_value=-100.0)
     rows = load_split_tables(str(tiny_survey), required=())["validation"].iloc[:32].to_dict("records")
     values, errors = collator.encode(rows)
@@ -171,7 +171,7 @@ def test_trainer_compute_metrics_uses_the_metric_module(tiny_trained_checkpoint,
     from modeling_astro.evaluation import EVALUATION_LABELS, trainer_compute_metrics
 
     model = AstroForObservationPrediction.from_pretrained(tiny_trained_checkpoint)
-    tokenizer = AstroTokenizer.from_pretrained(tiny_trained_checkpoint)
+    tokenizer = AstroFeatureExtractor.from_pretrained(tiny_trained_checkpoint)
     test = datasets.Dataset.from_pandas(load_split_tables(str(tiny_survey), required=())["test"].iloc[:300])
     collator = AstroDataCollator(
         tokenizer, num_targets=3, label_names=list(EVALUATION_LABELS), label_target_fraction=1.0, label_pad_value=-100.0

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from conftest import SHARED_DATA, tiny_config
 from dataset_builder import DatasetBuildError, read_gaia_source, read_xp_continuous
 from dataset_builder.readers import GAIA_SOURCE_REQUIRED
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer, ObservationNameError
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction, ObservationNameError
 from modeling_astro.convert_original import OriginalCheckpointError, convert_original_checkpoint
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import load_split_tables
@@ -86,7 +86,7 @@ def model_dir(tmp_path_factory) -> Path:
         "m_h": rng.normal(-0.2, 0.3, 500),
         "g_fakemag": rng.lognormal(3.0, 0.5, 500),
     }
-    AstroTokenizer(context_length=config.context_length).fit(fit_data, FITTED).save_pretrained(folder)
+    AstroFeatureExtractor(context_length=config.context_length).fit(fit_data, FITTED).save_pretrained(folder)
     return folder
 
 
@@ -528,18 +528,18 @@ def test_fuzz_error_row_numbers_count_across_chunks(model_dir):
 # our own corpus: tokenizer fit and collator (training data)
 def test_fuzz_fit_with_text_names_the_column():
     with pytest.raises(ValueError, match=r"Column 'teff' holds a value that is not a number at row 2: 'n/a K'"):
-        AstroTokenizer().fit(pd.DataFrame({"teff": ["4800", "5000", "n/a K"]}))
+        AstroFeatureExtractor().fit(pd.DataFrame({"teff": ["4800", "5000", "n/a K"]}))
 
 
 def test_fuzz_collator_rows_with_text_name_the_column(model_dir):
-    collator = AstroDataCollator(AstroTokenizer.from_pretrained(model_dir), seed=0)
+    collator = AstroDataCollator(AstroFeatureExtractor.from_pretrained(model_dir), seed=0)
     rows = [{"teff": 4800.0, "logg": 2.5, "bprp": 1.0}, {"teff": "hot", "logg": 2.4, "bprp": 1.1}]
     with pytest.raises(ValueError, match=r"Column 'teff' holds a value that is not a number at row 1: 'hot'"):
         collator(rows)
 
 
 def test_fuzz_collator_negative_error_is_an_error(model_dir):
-    collator = AstroDataCollator(AstroTokenizer.from_pretrained(model_dir), seed=0)
+    collator = AstroDataCollator(AstroFeatureExtractor.from_pretrained(model_dir), seed=0)
     rows = [{"teff": 4800.0, "teff_err": -9999.0, "logg": 2.5, "bprp": 1.0}]
     with pytest.raises(ValueError, match=r"'teff_err'.*negative"):
         collator(rows)

@@ -30,7 +30,7 @@ from training_fixtures import tiny_train_args
 import train
 from benchmarks.bench_build import write_synthetic_inputs
 from dataset_builder import DatasetBuildError, build_dataset
-from modeling_astro import io_utils
+from modeling_astro import io_utils, training_checkpoints
 from modeling_astro.catalogue_inference import input_shards, predict_catalogue
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.io_utils import (
@@ -203,9 +203,9 @@ def test_case08_new_run_into_used_output_dir_is_refused_and_overwrite_starts_afr
         train_command(run_args(output, tiny_survey, 10)), cwd=REPO, env=environment(), capture_output=True, text=True
     )
     assert cli.returncode == 1 and "error: --output_dir" in cli.stderr and "Traceback" not in cli.stderr
-    old_id = train.read_run(output)["run_id"]
+    old_id = training_checkpoints.read_run(output)["run_id"]
     train.main(run_args(output, tiny_survey, 10, "--overwrite_output_dir", "true"))
-    new = train.read_run(output)
+    new = training_checkpoints.read_run(output)
     assert new["run_id"] != old_id
     assert sorted(p.name for p in (output / train.CHECKPOINTS).iterdir()) == ["checkpoint-10"]
     assert max(losses(output)) == 10 and not (output / "checkpoints" / "checkpoint-20").exists()
@@ -501,7 +501,7 @@ def test_own_atomic_write_killed_before_the_rename_keeps_the_old_file(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from modeling_astro import io_utils
+        from modeling_astro import io_utils, training_checkpoints
         os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
         io_utils.atomic_write_text("{target}", "new" * 100000)
         """

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from conftest import free_port, random_batch, stop_process_group, tiny_config, wait_for_http
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.inference import AstroPredictor
 
 OLAH_CLI = os.environ.get("ASTRO_OLAH_CLI") or shutil.which("olah-cli")
@@ -141,7 +141,7 @@ def hub(tmp_path):
 def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
     endpoint, mirrors, log = hub
     config = tiny_config(observation_names=["teff", "logg", "m_h", "bprp"])
-    tokenizer = AstroTokenizer(
+    tokenizer = AstroFeatureExtractor(
         observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0], scales=[500, 1.0, 0.3, 0.3],
         context_length=config.context_length,
     )  # fmt: skip
@@ -183,7 +183,7 @@ def test_repo_ids_resolve_against_a_local_hub_server(hub, tmp_path):
         cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:] + "\nserver log:\n" + log.read_text()[-2000:]
-    assert f"OK AstroForObservationPrediction AstroModel {type(tokenizer).__name__}" in result.stdout
+    assert "OK AstroForObservationPrediction AstroModel AstroFeatureExtractor" in result.stdout
     assert "PIPELINE AstroObservationPipeline astro-observation-prediction" in result.stdout
     table = pd.read_json(tmp_path / "table.jsonl", orient="records", lines=True, dtype=False)
     pd.testing.assert_frame_equal(table, expected, check_dtype=False, check_exact=False, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from astropy.table import Table
 
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer, ObservationNameError
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction, ObservationNameError
 from modeling_astro.inference import AstroPredictor
 
 NAMES = ["bp0", "bp1", "rp0", "rp1", "bprp", "jh", "jk", "teff", "logg", "m_h", "logebv", "g_fakemag"]
@@ -38,7 +38,7 @@ def predictor() -> AstroPredictor:
     torch.manual_seed(0)
     config = tiny_config(context_length=len(NAMES), encoder_dropout=0.0, decoder_dropout=0.0)
     model = AstroForObservationPrediction(config)
-    tokenizer = AstroTokenizer().fit({"teff": np.array([4000.0, 5000.0, 6000.0, 5500.0])}, ["teff"])
+    tokenizer = AstroFeatureExtractor().fit({"teff": np.array([4000.0, 5000.0, 6000.0, 5500.0])}, ["teff"])
     return AstroPredictor(model, tokenizer, device="cpu", batch_size=8)
 
 

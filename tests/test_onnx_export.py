@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.onnx_export import DECODER_FILE, ENCODER_FILE, check_onnx, main
 
@@ -21,7 +21,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
     model = AstroForObservationPrediction(tiny_config(encoder_dropout=0.0, decoder_dropout=0.0))
-    tokenizer = AstroTokenizer(context_length=16).fit({"teff": np.array([4000.0, 5000.0, 6500.0])}, ["teff"])
+    tokenizer = AstroFeatureExtractor(context_length=16).fit({"teff": np.array([4000.0, 5000.0, 6500.0])}, ["teff"])
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     main(["--model", str(root / "model"), "--out", str(root / "onnx")])
@@ -44,7 +44,7 @@ def test_onnx_pipeline_reproduces_predictor(exported):
     stars["logg"][2] = np.nan
     request = ["m_h", "teff"]
     expected = AstroPredictor(model, tokenizer, device="cpu").predict(stars, request)
-    saved_tokenizer = AstroTokenizer.from_pretrained(folder)
+    saved_tokenizer = AstroFeatureExtractor.from_pretrained(folder)
     inputs = saved_tokenizer(stars, return_tensors="np")
     request_ids = np.tile(saved_tokenizer.encode_requests(request).numpy(), (6, 1))
     encoder = onnxruntime.InferenceSession(str(folder / ENCODER_FILE))

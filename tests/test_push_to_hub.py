@@ -9,6 +9,7 @@ import pytest
 from huggingface_hub import set_client_factory
 
 import train
+from modeling_astro import publishing
 
 pytest_plugins = ["training_fixtures"]
 
@@ -64,7 +65,7 @@ def fake_hub():
 
 def test_push_commits_exactly_the_model_folder(tiny_trained_checkpoint, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    url = train.push_to_hub(tiny_trained_checkpoint, "user/astro")
+    url = publishing.push_to_hub(tiny_trained_checkpoint, "user/astro")
     assert url == "https://huggingface.co/user/astro/commit/0123"
     assert [(body["organization"], body["name"]) for body in fake_hub.created] == [("user", "astro")]
     expected = {

@@ -1,14 +1,17 @@
 """A saved checkpoint folder loads with trust_remote_code in a fresh process where this project is not importable."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+from transformers import AutoFeatureExtractor
 
 from conftest import random_batch, tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 
 FRESH_PROCESS = textwrap.dedent(
     """
@@ -46,7 +49,7 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
     config = tiny_config(observation_names=["teff", "logg", "m_h", "bprp"])
     torch.manual_seed(0)
     model = AstroForObservationPrediction(config).eval()
-    tokenizer = AstroTokenizer(observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0],
+    tokenizer = AstroFeatureExtractor(observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0],
                                scales=[500, 1.0, 0.3, 0.3], context_length=config.context_length)
     folder = tmp_path / "checkpoint"
     model.save_pretrained(folder)
@@ -70,4 +73,49 @@ def test_saved_folder_loads_with_trust_remote_code_without_the_package(tmp_path)
     result = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "expected.pt")], cwd=workdir,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "OK AstroConfig AstroForObservationPrediction AstroTokenizer" in result.stdout
+    assert "OK AstroConfig AstroForObservationPrediction AstroFeatureExtractor" in result.stdout
+
+
+def test_checkpoint_saved_under_the_old_name_astrotokenizer_still_loads(tmp_path):
+    """`AstroFeatureExtractor` was `AstroTokenizer`: a folder whose preprocessor_config.json names the old class (in
+    `feature_extractor_type` and `auto_map`) loads through the deprecated alias, and saving it again writes the new
+    name."""
+    config = tiny_config(observation_names=["teff", "logg", "m_h", "bprp"])
+    extractor = AstroFeatureExtractor(observation_names=config.observation_names, medians=[4800, 2.5, -0.2, 1.0],
+                                      scales=[500, 1.0, 0.3, 0.3], context_length=config.context_length)
+    folder = tmp_path / "old_checkpoint"
+    AstroForObservationPrediction(config).save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    path = folder / "preprocessor_config.json"
+    saved = json.loads(path.read_text())
+    # a plain "module.Class" string: transformers only writes (slow, fast) pairs for classes named "*Tokenizer"
+    assert saved["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_astro.AstroFeatureExtractor"}
+    assert saved["feature_extractor_type"] == "AstroFeatureExtractor"
+    saved["auto_map"]["AutoFeatureExtractor"] = "feature_extraction_astro.AstroTokenizer"
+    saved["feature_extractor_type"] = "AstroTokenizer"
+    path.write_text(json.dumps(saved))
+    stars = {"teff": [5000.0, None], "logg": [2.5, 4.0]}
+    expected = extractor(stars, return_tensors="pt")["input_values"]
+
+    with pytest.warns(FutureWarning, match="renamed `AstroFeatureExtractor`"):
+        remote = AutoFeatureExtractor.from_pretrained(folder, trust_remote_code=True)
+    assert "transformers_modules" in type(remote).__module__ and type(remote).__name__ == "AstroFeatureExtractor"
+    direct = AstroFeatureExtractor.from_pretrained(folder)
+    for loaded in (remote, direct):
+        assert torch.equal(loaded(stars, return_tensors="pt")["input_values"], expected)
+
+    direct.save_pretrained(tmp_path / "resaved")
+    resaved = json.loads((tmp_path / "resaved" / "preprocessor_config.json").read_text())
+    assert resaved["feature_extractor_type"] == "AstroFeatureExtractor"
+    assert resaved["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_astro.AstroFeatureExtractor"}
+
+
+def test_old_name_astrotokenizer_is_a_deprecated_alias():
+    import modeling_astro
+    from modeling_astro import feature_extraction_astro
+
+    for module in (modeling_astro, feature_extraction_astro):
+        with pytest.warns(FutureWarning, match="`AstroTokenizer` was renamed `AstroFeatureExtractor`"):
+            assert module.AstroTokenizer is AstroFeatureExtractor
+    with pytest.raises(AttributeError, match="no attribute 'AstroTokeniser'"):
+        feature_extraction_astro.AstroTokeniser  # noqa: B018

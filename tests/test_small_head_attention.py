@@ -7,7 +7,7 @@ from torch.profiler import profile
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer, inference, small_head_attention
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction, inference, small_head_attention
 from modeling_astro.inference import AstroPredictor
 from modeling_astro.small_head_attention import (
     ATTENTION_IMPLEMENTATION,
@@ -103,7 +103,7 @@ def test_predictor_runs_the_kernel_and_matches_sdpa():
     torch.manual_seed(0)
     config = tiny_config(hidden_size=32, encoder_attention_heads=[4, 2], decoder_attention_heads=[4, 2, 1])
     model = AstroForObservationPrediction(config)
-    tokenizer = AstroTokenizer()
+    tokenizer = AstroFeatureExtractor()
     rng = np.random.default_rng(0)
     data = {name: rng.normal(size=50) for name in ["bp0", "bp1", "rp0", "bprp", "jh", "jk", "g_fakemag"]}
     data["jh"][rng.random(50) < 0.5] = np.nan
@@ -127,7 +127,7 @@ def test_without_compiler_predictor_keeps_the_models_attention(monkeypatch):
         assert small_head_attention.load_kernel.__wrapped__() is None
     monkeypatch.setattr(inference, "load_kernel", lambda: None)
     model = AstroForObservationPrediction(tiny_config())
-    predictor = AstroPredictor(model, AstroTokenizer(), device="cpu")
+    predictor = AstroPredictor(model, AstroFeatureExtractor(), device="cpu")
     assert predictor._network.config._attn_implementation == model.config._attn_implementation
     assert predictor.batch_size == inference.DEFAULT_BATCH_SIZE["cpu"]
 

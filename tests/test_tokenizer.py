@@ -6,7 +6,7 @@ from astropy.stats import mad_std
 from astropy.table import MaskedColumn, Table
 
 from conftest import tiny_config
-from modeling_astro import AstroForObservationPrediction, AstroTokenizer, ObservationNameError
+from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction, ObservationNameError
 
 RNG = np.random.default_rng(0)
 STARS = {
@@ -18,8 +18,8 @@ STARS = {
 
 
 @pytest.fixture
-def tokenizer() -> AstroTokenizer:
-    return AstroTokenizer().fit(STARS)
+def tokenizer() -> AstroFeatureExtractor:
+    return AstroFeatureExtractor().fit(STARS)
 
 
 def test_fit_uses_median_and_mad_std(tokenizer):
@@ -96,7 +96,7 @@ def test_no_known_column_is_an_error(tokenizer):
 
 
 def test_more_observations_than_context_length():
-    tokenizer = AstroTokenizer(context_length=3)
+    tokenizer = AstroFeatureExtractor(context_length=3)
     data = {name: np.ones(2) for name in ("bp0", "bp1", "rp0", "teff")}
     with pytest.raises(ValueError, match="context length 3"):
         tokenizer(data)
@@ -107,16 +107,16 @@ def test_more_observations_than_context_length():
 
 def test_save_and_load(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path)
-    loaded = AstroTokenizer.from_pretrained(tmp_path)
+    loaded = AstroFeatureExtractor.from_pretrained(tmp_path)
     assert loaded.medians == tokenizer.medians and loaded.scales == tokenizer.scales
     assert loaded.observation_names == tokenizer.observation_names
 
 
 def test_vocabulary_mismatch_with_the_model_raises_at_load(tmp_path):
     AstroForObservationPrediction(tiny_config(observation_names=["teff", "logg"])).save_pretrained(tmp_path)
-    AstroTokenizer(observation_names=["teff", "m_h"]).save_pretrained(tmp_path)
+    AstroFeatureExtractor(observation_names=["teff", "m_h"]).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"does not match the model config.*only in the model: \['logg'\]"):
-        AstroTokenizer.from_pretrained(tmp_path)
+        AstroFeatureExtractor.from_pretrained(tmp_path)
 
 
 def test_add_observations_extends_vocabulary(tokenizer):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from safetensors.torch import load_file
 from training_fixtures import tiny_train_args
 
@@ -182,6 +183,13 @@ def test_resume_from_a_different_configuration_is_refused(tiny_survey, tmp_path)
         with pytest.raises(train.TrainingInputError, match="different configuration"):
             train.main(short_run_args(tiny_survey, output, "--resume_from_checkpoint", "latest", *extra))
     assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before
+    # a checkpoint of the train.py before the LambdaLR learning-rate plan (no "format" in its fingerprint)
+    state_file = checkpoint / "training_state.json"
+    state = json.loads(state_file.read_text())
+    del state["fingerprint"]["format"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(train.TrainingInputError, match="another version of train.py .*format 1.* new --output_dir"):
+        train.main(short_run_args(tiny_survey, output, "--resume_from_checkpoint", "latest"))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tiny_survey, tmp_path):
@@ -268,3 +276,51 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny_survey, tmp_path):
     shutil.rmtree(output / train.CHECKPOINTS / "checkpoint-10")
     with pytest.raises(train.TrainingInputError, match="no checkpoint"):
         train.main(short_run_args(tiny_survey, output, "--resume_from_checkpoint", "latest"))
+
+
+@pytest.mark.parametrize(("restart_steps", "restart_mult"), [(0, 1), (25, 1), (10, 2), (7, 3)])
+def test_learning_rate_plan_is_torch_cosine_warm_restarts(restart_steps, restart_mult):
+    """On a fixed plan, `learning_rate` through `LambdaLR` gives the learning rates of torch's
+    `CosineAnnealingWarmRestarts` step by step (one cycle over `max_steps` when there are no restarts)."""
+    max_steps = 90
+    args = train.TrainArguments(
+        learning_rate=2e-3, min_learning_rate=1e-5, restart_steps=restart_steps, restart_mult=restart_mult
+    )
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    reference_optimizer, planned_optimizer = (torch.optim.SGD([parameter], lr=args.learning_rate) for _ in "ab")
+    reference = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        reference_optimizer, T_0=restart_steps or max_steps, T_mult=restart_mult, eta_min=args.min_learning_rate
+    )
+    planned = torch.optim.lr_scheduler.LambdaLR(
+        planned_optimizer, lambda step: train.learning_rate(step, max_steps, args) / args.learning_rate
+    )
+    seen = []
+    for step in range(max_steps if not restart_steps else 3 * max_steps):
+        expected = reference.get_last_lr()[0]
+        assert train.learning_rate(step, max_steps, args) == pytest.approx(expected, rel=1e-12), step
+        assert planned.get_last_lr()[0] == planned_optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+        seen.append(expected)
+        for optimizer, scheduler in ((reference_optimizer, reference), (planned_optimizer, planned)):
+            optimizer.step()
+            scheduler.step()
+    assert max(seen) == pytest.approx(args.learning_rate) and min(seen) < 2 * args.min_learning_rate  # whole cycles
+    if not restart_steps:  # the end of the plan: held at the minimum (no restart), and constant until planned
+        assert train.learning_rate(max_steps, max_steps, args) == train.learning_rate(max_steps + 5, max_steps, args)
+        assert train.learning_rate(max_steps, max_steps, args) == pytest.approx(args.min_learning_rate, rel=1e-12)
+        assert train.learning_rate(40, None, args) == args.learning_rate
+
+
+def test_training_logs_the_planned_learning_rates(tiny_trained_checkpoint):
+    run = json.loads((tiny_trained_checkpoint / "training_args.json").read_text())
+    args = train.TrainArguments(**{key: run[key] for key in ("learning_rate", "min_learning_rate", "restart_steps",
+                                                              "restart_mult")})
+    records = train.read_metrics(tiny_trained_checkpoint / train.METRICS_FILE)
+    assert len(records) > 3
+    for record in records:  # the rate of the next step, after `step` scheduler steps
+        assert record["learning_rate"] == pytest.approx(train.learning_rate(record["step"], 120, args), rel=1e-12)
+
+
+def test_bad_schedule_arguments_are_refused(tiny_survey, tmp_path):
+    for extra in (["--restart_mult", "0"], ["--learning_rate", "0"], ["--restart_steps", "-5"]):
+        with pytest.raises(train.TrainingInputError, match="--restart_mult .* >= 1"):
+            train.main(short_run_args(tiny_survey, tmp_path / "out", *extra))

@@ -53,7 +53,7 @@ def contrastive_finetune(
 
     Args:
         model: an ``AstroForObservationPrediction`` (left in eval mode afterwards).
-        tokenizer: its ``AstroTokenizer``.
+        tokenizer: its ``AstroFeatureExtractor``.
         data: stars (dict / DataFrame / Table / datasets batch); only stars with at least one observation
             in each view are used.
         view_a, view_b: the observation names of the two views.
