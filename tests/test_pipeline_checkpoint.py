@@ -69,8 +69,8 @@ def test_pipeline_of_a_saved_folder_equals_the_predictor(tiny_trained_checkpoint
 
 
 def test_pipeline_errors_are_readable(tiny_trained_checkpoint, rows):
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        pipeline(model=str(tiny_trained_checkpoint), trust_remote_code=False, device="cpu")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # the pipeline code is the checkpoint's
+        pipeline("astro-observation-prediction", model=str(tiny_trained_checkpoint), trust_remote_code=False)
     pipe = pipeline(model=str(tiny_trained_checkpoint), trust_remote_code=True, device="cpu")
     with pytest.raises(ValueError, match="request="):
         pipe(rows)
