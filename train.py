@@ -16,10 +16,13 @@ an uninterrupted run. At the end the model, tokenizer and collator code are save
 card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
 """
 
+import json
 import math
 import os
 import sys
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +39,7 @@ from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import evaluate, format_table, load_split_tables
 from modeling_astro.io_utils import CorruptFileError, DiskFullError, FolderInUseError, append_jsonl, folder_lock
-from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
+from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, PROMPT_DESCRIPTIONS, PROMPTS
 from modeling_astro.publishing import push_to_hub, save_final, write_model_card
 from modeling_astro.training_checkpoints import (
     CHECKPOINTS,
@@ -67,6 +70,12 @@ MODEL_PRESETS = {
 }
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 PLAN_STEPS = 25  # with --max_steps 0, the steps that fit in --max_train_minutes are re-planned every PLAN_STEPS steps
+DEFAULT_PROMPTS = {"evaluation": 0.5, "labels": 0.25, "loci": 0.1}  # shares of the stars shown each prompt
+DEPRECATED_PROMPT_FLAGS = {
+    "prompt_fraction": "evaluation",
+    "label_prompt_fraction": "labels",
+    "loci_prompt_fraction": "loci",
+}
 # the arguments a resumed run must share with its checkpoint (they change the batches, the masks or the schedule)
 FINGERPRINT_ARGUMENTS = (
     "seed",
@@ -79,9 +88,7 @@ FINGERPRINT_ARGUMENTS = (
     "min_learning_rate",
     "num_targets",
     "label_target_fraction",
-    "prompt_fraction",
-    "label_prompt_fraction",
-    "loci_prompt_fraction",
+    "prompts",
 )
 
 
@@ -91,6 +98,37 @@ class TrainingDivergedError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------
 # arguments
+def parse_prompts(prompts: str | Mapping[str, float] | None) -> dict[str, float]:
+    """`--prompts`: a JSON object (or a mapping) of prompt names of `observations.PROMPTS` to shares of the stars."""
+    if prompts is None:
+        return {}
+    if isinstance(prompts, str):
+        try:
+            prompts = json.loads(prompts)
+        except json.JSONDecodeError as error:
+            example = json.dumps(DEFAULT_PROMPTS)
+            raise TrainingInputError(
+                f"--prompts {prompts!r} is not JSON ({error}): give an object such as '{example}'."
+            ) from None
+    if not isinstance(prompts, Mapping):
+        raise TrainingInputError(f"--prompts must be a JSON object {{prompt: share}}, got {prompts!r}.")
+    unknown = [name for name in prompts if name not in PROMPTS]
+    if unknown:
+        raise TrainingInputError(
+            f"Unknown prompt(s) {unknown} in --prompts: the known prompts are "
+            + "; ".join(f"{name!r} ({what})" for name, what in PROMPT_DESCRIPTIONS.items())
+            + " (modeling_astro.observations.PROMPTS)."
+        )
+    shares = {}
+    for name, share in prompts.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise TrainingInputError(f"--prompts: the share of {name!r} must be a number in [0, 1], got {share!r}.")
+        shares[name] = float(share)
+    if sum(shares.values()) > 1:
+        raise TrainingInputError(f"--prompts: the shares {shares} add up to {sum(shares.values()):g}, more than 1.")
+    return shares
+
+
 @dataclass
 class DataArguments:
     dataset_dir: str | None = field(
@@ -146,26 +184,22 @@ class TrainArguments:
             "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
         },
     )
-    prompt_fraction: float = field(
-        default=0.5,
+    prompts: dict[str, float] | str | None = field(
+        default_factory=lambda: dict(DEFAULT_PROMPTS),
         metadata={
-            "help": "Share of the stars shown the evaluation's inputs (XP 0-29, bprp, jh, jk) unblanked instead "
-            "of a random subset; 0 = the paper's sampling only."
+            "help": "JSON {prompt: share of the stars}: a prompted star is shown all its observations of the "
+            "prompt's input set, unblanked, and targets among the others; '{}' = the paper's sampling only. "
+            "Prompts: " + "; ".join(f"{name}: {what}" for name, what in PROMPT_DESCRIPTIONS.items()) + "."
         },
     )
-    label_prompt_fraction: float = field(
-        default=0.25,
-        metadata={
-            "help": "Share of the stars shown their labels and extinction (teff, logg, m_h, logebv) as inputs, "
-            "as when generating spectra; 0 = the paper's sampling only."
-        },
+    prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"evaluation\": F}'."}
     )
-    loci_prompt_fraction: float = field(
-        default=0.1,
-        metadata={
-            "help": "Share of the stars shown only log g, [M/H] and extinction as inputs, as for stellar loci; 0 = "
-            "the paper's sampling only."
-        },
+    label_prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"labels\": F}'."}
+    )
+    loci_prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"loci\": F}'."}
     )
     num_threads: int = field(
         default=0,
@@ -196,6 +230,18 @@ class TrainArguments:
     push_to_hub: bool = False
     hub_model_id: str | None = field(default=None, metadata={"help": "'user/name' of the Hub repository."})
     hub_private_repo: bool = False
+
+    def __post_init__(self):
+        self.prompts = parse_prompts(self.prompts)
+        for flag, name in DEPRECATED_PROMPT_FLAGS.items():
+            if getattr(self, flag) is not None:
+                warnings.warn(
+                    f"--{flag} is deprecated: use --prompts '{{\"{name}\": {getattr(self, flag)}}}' (one JSON "
+                    "argument for all the prompts).",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+                self.prompts = parse_prompts({**self.prompts, name: getattr(self, flag)})
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -317,14 +363,15 @@ def training_summary(args: TrainArguments, run_info: dict) -> str:
         schedule = f"cosine warm restarts every {args.restart_steps} steps{growth}"
     else:
         schedule = f"a cosine over {run_info['planned_steps'] or run_info['final_step']} steps"
+    shown = [f"{share} {name} ({PROMPT_DESCRIPTIONS[name]})" for name, share in args.prompts.items() if share]
+    prompts = f"prompt shares {', '.join(shown)}" if shown else "no prompts"
     return (
         f"{run_info['final_step']} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate} to "
         f"{args.min_learning_rate}, weight decay {args.weight_decay}) with {schedule}, "
         f"{args.num_targets} targets per star per step, label target fraction "
-        f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
-        f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
-        f"extinction), seed {args.seed}; {run_info['num_processes']} process(es) x {run_info['num_threads']} "
-        f"CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} steps planned"
+        f"{args.label_target_fraction}, {prompts}, seed {args.seed}; {run_info['num_processes']} process(es) x "
+        f"{run_info['num_threads']} CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} "
+        "steps planned"
     )
 
 
@@ -395,8 +442,8 @@ def train(
         tokenizer,
         num_targets=args.num_targets,
         label_target_fraction=args.label_target_fraction or None,
-        prompts=(EVALUATION_INPUTS, LABEL_PROMPT, LOCI_PROMPT),
-        prompt_fractions=(args.prompt_fraction, args.label_prompt_fraction, args.loci_prompt_fraction),
+        prompts=[PROMPTS[name] for name in args.prompts],
+        prompt_fractions=list(args.prompts.values()),
         seed=args.seed,
     )
     train_values, train_errors = collator.encode(train_table)
