@@ -34,7 +34,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from configuration_astro import AstroConfig
+from configuration_astro import PRESETS, AstroConfig
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import evaluate, format_table, load_split_tables
@@ -55,19 +55,6 @@ from modeling_astro.training_checkpoints import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent
-MODEL_PRESETS = {
-    "tiny": lambda **kwargs: AstroConfig.small(
-        hidden_size=16,
-        encoder_attention_heads=[2, 2],
-        encoder_ffn_dims=[32, 32],
-        decoder_attention_heads=[2, 2],
-        decoder_ffn_dims=[32, 32],
-        decoder_mlp_dims=[32, 16],
-        **kwargs,
-    ),
-    "small": AstroConfig.small,
-    "paper": AstroConfig,
-}
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 PLAN_STEPS = 25  # with --max_steps 0, the steps that fit in --max_train_minutes are re-planned every PLAN_STEPS steps
 DEFAULT_PROMPTS = {"evaluation": 0.5, "labels": 0.25, "loci": 0.1}  # shares of the stars shown each prompt
@@ -387,10 +374,8 @@ def check_arguments(args: TrainArguments, model_args: ModelArguments, num_proces
         raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
     if not args.max_steps and not args.max_train_minutes:
         raise TrainingInputError("Give --max_steps, or --max_train_minutes to fit the steps into a time budget.")
-    if model_args.model_preset not in MODEL_PRESETS:
-        raise TrainingInputError(
-            f"--model_preset must be one of {list(MODEL_PRESETS)}, got {model_args.model_preset!r}."
-        )
+    if model_args.model_preset not in PRESETS:
+        raise TrainingInputError(f"--model_preset must be one of {list(PRESETS)}, got {model_args.model_preset!r}.")
     if not args.learning_rate > 0 or args.restart_steps < 0 or args.restart_mult < 1:
         raise TrainingInputError(
             f"--learning_rate ({args.learning_rate}) must be > 0, --restart_steps ({args.restart_steps}) >= 0 and "
@@ -433,8 +418,8 @@ def train(
     train_table = splits["train"].iloc[: data_args.max_train_stars or None]
     if len(train_table) < args.batch_size:
         raise TrainingInputError(f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size}).")
-    config = MODEL_PRESETS[model_args.model_preset](
-        encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
+    config = AstroConfig.preset(
+        model_args.model_preset, encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
     )
     tokenizer = AstroFeatureExtractor(observation_names=config.observation_names, context_length=config.context_length)
     tokenizer.fit(train_table)

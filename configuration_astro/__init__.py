@@ -9,8 +9,15 @@ This package is the configuration's public name.
 from modeling_astro.configuration_astro import (
     DEFAULT_OBSERVATION_NAMES,
     DEFAULT_OBSERVATION_UNITS,
+    PRESETS,
     XP_COEFFICIENTS_PER_BAND,
     AstroConfig,
 )
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]
+__all__ = [
+    "AstroConfig",
+    "DEFAULT_OBSERVATION_NAMES",
+    "DEFAULT_OBSERVATION_UNITS",
+    "PRESETS",
+    "XP_COEFFICIENTS_PER_BAND",
+]
