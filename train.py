@@ -3,17 +3,18 @@
     python train.py                                    # embedded simulated survey, ~200k-parameter model, CPU
     python train.py --dataset_dir my_dataset --output_dir my_model --max_steps 20000
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py   # two processes together
-    accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model
-    on GPUs
+    accelerate launch train.py --model_preset paper --mixed_precision bf16   # the paper's 8.8M model on GPUs
     python train.py --resume_from_checkpoint latest    # continue an interrupted run exactly where it stopped
 
 Every optimizer step draws `batch_size` training stars from a permutation seeded by (seed, epoch), splits them
-across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded
-by
-(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and
-dropout of
-an uninterrupted run. At the end the model, tokenizer and collator code are saved in `output_dir` with a model
-card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
+across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded by
+(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and dropout of
+an uninterrupted run. At the end the model, feature extractor and collator code are saved in `output_dir` with a
+model card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
+
+The file reads top to bottom: arguments, data helpers, the learning-rate plan, then `train` (setup, data, model,
+resume, loop, final folder). A run's identity, checkpoints and resume live in `modeling_astro/training_checkpoints.py`,
+the final folder, model card and Hub upload in `modeling_astro/publishing.py`.
 """
 
 import json
@@ -242,8 +243,7 @@ def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
         return dataset_dir, load_split_tables(dataset_dir, required=REQUIRED_COLUMNS)
     except ValueError as error:
         raise TrainingInputError(
-            f"{error} train.py needs source_id, the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the "
-            "labels "
+            f"{error} train.py needs source_id, the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the labels "
             "teff, logg, m_h."
         ) from error
 
