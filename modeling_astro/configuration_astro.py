@@ -213,5 +213,3 @@ class AstroConfig(PreTrainedConfig):
         """The `"small"` preset: ~200k parameters with the paper's structure, for CPU demos and quick training."""
         return cls.preset("small", **kwargs)
 
-
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]
