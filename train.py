@@ -3,23 +3,27 @@
     python train.py                                    # embedded simulated survey, ~200k-parameter model, CPU
     python train.py --dataset_dir my_dataset --output_dir my_model --max_steps 20000
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train.py   # two processes together
-    accelerate launch train.py --model_preset paper --mixed_precision bf16           # the paper's 8.8M model
-    on GPUs
+    accelerate launch train.py --model_preset paper --mixed_precision bf16   # the paper's 8.8M model on GPUs
     python train.py --resume_from_checkpoint latest    # continue an interrupted run exactly where it stopped
 
 Every optimizer step draws `batch_size` training stars from a permutation seeded by (seed, epoch), splits them
-across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded
-by
-(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and
-dropout of
-an uninterrupted run. At the end the model, tokenizer and collator code are saved in `output_dir` with a model
-card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
+across processes and gradient-accumulation micro-batches, and samples inputs/targets with a generator seeded by
+(seed, step, micro-batch, process): a run resumed from a checkpoint sees exactly the batches, masks and dropout of
+an uninterrupted run. At the end the model, feature extractor and collator code are saved in `output_dir` with a
+model card and `eval_results.json` (the paper's XP -> labels protocol against XGBoost), ready for the Hub.
+
+The file reads top to bottom: arguments, data helpers, the learning-rate plan, then `train` (setup, data, model,
+resume, loop, final folder). A run's identity, checkpoints and resume live in `modeling_astro/training_checkpoints.py`,
+the final folder, model card and Hub upload in `modeling_astro/publishing.py`.
 """
 
+import json
 import math
 import os
 import sys
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,12 +35,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from configuration_astro import AstroConfig
+from configuration_astro import PRESETS, AstroConfig
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import evaluate, format_table, load_split_tables
 from modeling_astro.io_utils import CorruptFileError, DiskFullError, FolderInUseError, append_jsonl, folder_lock
-from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, LABEL_PROMPT, LOCI_PROMPT
+from modeling_astro.observations import EVALUATION_INPUTS, EVALUATION_LABELS, PROMPT_DESCRIPTIONS, PROMPTS
 from modeling_astro.publishing import push_to_hub, save_final, write_model_card
 from modeling_astro.training_checkpoints import (
     CHECKPOINTS,
@@ -52,21 +56,14 @@ from modeling_astro.training_checkpoints import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent
-MODEL_PRESETS = {
-    "tiny": lambda **kwargs: AstroConfig.small(
-        hidden_size=16,
-        encoder_attention_heads=[2, 2],
-        encoder_ffn_dims=[32, 32],
-        decoder_attention_heads=[2, 2],
-        decoder_ffn_dims=[32, 32],
-        decoder_mlp_dims=[32, 16],
-        **kwargs,
-    ),
-    "small": AstroConfig.small,
-    "paper": AstroConfig,
-}
 REQUIRED_COLUMNS = ("source_id", *EVALUATION_INPUTS, *EVALUATION_LABELS)
 PLAN_STEPS = 25  # with --max_steps 0, the steps that fit in --max_train_minutes are re-planned every PLAN_STEPS steps
+DEFAULT_PROMPTS = {"evaluation": 0.5, "labels": 0.25, "loci": 0.1}  # shares of the stars shown each prompt
+DEPRECATED_PROMPT_FLAGS = {
+    "prompt_fraction": "evaluation",
+    "label_prompt_fraction": "labels",
+    "loci_prompt_fraction": "loci",
+}
 # the arguments a resumed run must share with its checkpoint (they change the batches, the masks or the schedule)
 FINGERPRINT_ARGUMENTS = (
     "seed",
@@ -79,9 +76,7 @@ FINGERPRINT_ARGUMENTS = (
     "min_learning_rate",
     "num_targets",
     "label_target_fraction",
-    "prompt_fraction",
-    "label_prompt_fraction",
-    "loci_prompt_fraction",
+    "prompts",
 )
 
 
@@ -91,6 +86,37 @@ class TrainingDivergedError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------------
 # arguments
+def parse_prompts(prompts: str | Mapping[str, float] | None) -> dict[str, float]:
+    """`--prompts`: a JSON object (or a mapping) of prompt names of `observations.PROMPTS` to shares of the stars."""
+    if prompts is None:
+        return {}
+    if isinstance(prompts, str):
+        try:
+            prompts = json.loads(prompts)
+        except json.JSONDecodeError as error:
+            example = json.dumps(DEFAULT_PROMPTS)
+            raise TrainingInputError(
+                f"--prompts {prompts!r} is not JSON ({error}): give an object such as '{example}'."
+            ) from None
+    if not isinstance(prompts, Mapping):
+        raise TrainingInputError(f"--prompts must be a JSON object {{prompt: share}}, got {prompts!r}.")
+    unknown = [name for name in prompts if name not in PROMPTS]
+    if unknown:
+        raise TrainingInputError(
+            f"Unknown prompt(s) {unknown} in --prompts: the known prompts are "
+            + "; ".join(f"{name!r} ({what})" for name, what in PROMPT_DESCRIPTIONS.items())
+            + " (modeling_astro.observations.PROMPTS)."
+        )
+    shares = {}
+    for name, share in prompts.items():
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise TrainingInputError(f"--prompts: the share of {name!r} must be a number in [0, 1], got {share!r}.")
+        shares[name] = float(share)
+    if sum(shares.values()) > 1:
+        raise TrainingInputError(f"--prompts: the shares {shares} add up to {sum(shares.values()):g}, more than 1.")
+    return shares
+
+
 @dataclass
 class DataArguments:
     dataset_dir: str | None = field(
@@ -146,26 +172,22 @@ class TrainArguments:
             "help": "Chance a star's first target is a label (teff/logg/m_h); 0 = uniform (the paper)."
         },
     )
-    prompt_fraction: float = field(
-        default=0.5,
+    prompts: dict[str, float] | str | None = field(
+        default_factory=lambda: dict(DEFAULT_PROMPTS),
         metadata={
-            "help": "Share of the stars shown the evaluation's inputs (XP 0-29, bprp, jh, jk) unblanked instead "
-            "of a random subset; 0 = the paper's sampling only."
+            "help": "JSON {prompt: share of the stars}: a prompted star is shown all its observations of the "
+            "prompt's input set, unblanked, and targets among the others; '{}' = the paper's sampling only. "
+            "Prompts: " + "; ".join(f"{name}: {what}" for name, what in PROMPT_DESCRIPTIONS.items()) + "."
         },
     )
-    label_prompt_fraction: float = field(
-        default=0.25,
-        metadata={
-            "help": "Share of the stars shown their labels and extinction (teff, logg, m_h, logebv) as inputs, "
-            "as when generating spectra; 0 = the paper's sampling only."
-        },
+    prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"evaluation\": F}'."}
     )
-    loci_prompt_fraction: float = field(
-        default=0.1,
-        metadata={
-            "help": "Share of the stars shown only log g, [M/H] and extinction as inputs, as for stellar loci; 0 = "
-            "the paper's sampling only."
-        },
+    label_prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"labels\": F}'."}
+    )
+    loci_prompt_fraction: float | None = field(
+        default=None, metadata={"help": "Deprecated: --prompts '{\"loci\": F}'."}
     )
     num_threads: int = field(
         default=0,
@@ -197,6 +219,18 @@ class TrainArguments:
     hub_model_id: str | None = field(default=None, metadata={"help": "'user/name' of the Hub repository."})
     hub_private_repo: bool = False
 
+    def __post_init__(self):
+        self.prompts = parse_prompts(self.prompts)
+        for flag, name in DEPRECATED_PROMPT_FLAGS.items():
+            if getattr(self, flag) is not None:
+                warnings.warn(
+                    f"--{flag} is deprecated: use --prompts '{{\"{name}\": {getattr(self, flag)}}}' (one JSON "
+                    "argument for all the prompts).",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+                self.prompts = parse_prompts({**self.prompts, name: getattr(self, flag)})
+
 
 # ---------------------------------------------------------------------------------------------------- data
 def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
@@ -209,8 +243,7 @@ def load_splits(dataset_dir: str | None) -> tuple[str, dict[str, pd.DataFrame]]:
         return dataset_dir, load_split_tables(dataset_dir, required=REQUIRED_COLUMNS)
     except ValueError as error:
         raise TrainingInputError(
-            f"{error} train.py needs source_id, the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the "
-            "labels "
+            f"{error} train.py needs source_id, the evaluation inputs bp0-29, rp0-29, bprp, jh, jk and the labels "
             "teff, logg, m_h."
         ) from error
 
@@ -317,14 +350,15 @@ def training_summary(args: TrainArguments, run_info: dict) -> str:
         schedule = f"cosine warm restarts every {args.restart_steps} steps{growth}"
     else:
         schedule = f"a cosine over {run_info['planned_steps'] or run_info['final_step']} steps"
+    shown = [f"{share} {name} ({PROMPT_DESCRIPTIONS[name]})" for name, share in args.prompts.items() if share]
+    prompts = f"prompt shares {', '.join(shown)}" if shown else "no prompts"
     return (
         f"{run_info['final_step']} steps of {args.batch_size} stars, AdamW (lr {args.learning_rate} to "
         f"{args.min_learning_rate}, weight decay {args.weight_decay}) with {schedule}, "
         f"{args.num_targets} targets per star per step, label target fraction "
-        f"{args.label_target_fraction}, prompt fractions {args.prompt_fraction} (XP 0-29 and colours) and "
-        f"{args.label_prompt_fraction} (labels and extinction) and {args.loci_prompt_fraction} (log g, [M/H] and "
-        f"extinction), seed {args.seed}; {run_info['num_processes']} process(es) x {run_info['num_threads']} "
-        f"CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} steps planned"
+        f"{args.label_target_fraction}, {prompts}, seed {args.seed}; {run_info['num_processes']} process(es) x "
+        f"{run_info['num_threads']} CPU thread(s), {run_info['steps_per_s']} steps/s, {run_info['planned_steps']} "
+        "steps planned"
     )
 
 
@@ -340,10 +374,8 @@ def check_arguments(args: TrainArguments, model_args: ModelArguments, num_proces
         raise TrainingInputError("--push_to_hub needs --hub_model_id user/name.")
     if not args.max_steps and not args.max_train_minutes:
         raise TrainingInputError("Give --max_steps, or --max_train_minutes to fit the steps into a time budget.")
-    if model_args.model_preset not in MODEL_PRESETS:
-        raise TrainingInputError(
-            f"--model_preset must be one of {list(MODEL_PRESETS)}, got {model_args.model_preset!r}."
-        )
+    if model_args.model_preset not in PRESETS:
+        raise TrainingInputError(f"--model_preset must be one of {list(PRESETS)}, got {model_args.model_preset!r}.")
     if not args.learning_rate > 0 or args.restart_steps < 0 or args.restart_mult < 1:
         raise TrainingInputError(
             f"--learning_rate ({args.learning_rate}) must be > 0, --restart_steps ({args.restart_steps}) >= 0 and "
@@ -386,8 +418,8 @@ def train(
     train_table = splits["train"].iloc[: data_args.max_train_stars or None]
     if len(train_table) < args.batch_size:
         raise TrainingInputError(f"{len(train_table)} training stars: fewer than one --batch_size ({args.batch_size}).")
-    config = MODEL_PRESETS[model_args.model_preset](
-        encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
+    config = AstroConfig.preset(
+        model_args.model_preset, encoder_dropout=model_args.dropout, decoder_dropout=model_args.dropout
     )
     tokenizer = AstroFeatureExtractor(observation_names=config.observation_names, context_length=config.context_length)
     tokenizer.fit(train_table)
@@ -395,8 +427,8 @@ def train(
         tokenizer,
         num_targets=args.num_targets,
         label_target_fraction=args.label_target_fraction or None,
-        prompts=(EVALUATION_INPUTS, LABEL_PROMPT, LOCI_PROMPT),
-        prompt_fractions=(args.prompt_fraction, args.label_prompt_fraction, args.loci_prompt_fraction),
+        prompts=[PROMPTS[name] for name in args.prompts],
+        prompt_fractions=list(args.prompts.values()),
         seed=args.seed,
     )
     train_values, train_errors = collator.encode(train_table)

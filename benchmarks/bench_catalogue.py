@@ -77,7 +77,7 @@ def write_inputs(work: Path, n_stars: int, n_shards: int) -> tuple[Path, Path, n
 def save_model(folder: Path, config_name: str, shard: Path) -> None:
     """A random-weight model (paper or small preset) and a tokenizer fitted to the catalogue."""
     setup_torch()
-    config = AstroConfig() if config_name == "paper" else AstroConfig.small()
+    config = AstroConfig.preset(config_name)
     AstroForObservationPrediction(config).save_pretrained(folder)
     table = pq.read_table(shard, columns=INPUTS)
     AstroFeatureExtractor().fit({name: table[name].to_numpy() for name in INPUTS}).save_pretrained(folder)

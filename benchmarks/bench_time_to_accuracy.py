@@ -41,8 +41,7 @@ from modeling_astro.tasks.plotting import new_figure, save_figure  # noqa: E402
 #: train.py arguments of the named settings.
 SETTINGS = {
     "paper": [
-        "--num_targets", "1", "--label_target_fraction", "0", "--prompt_fraction", "0",
-        "--label_prompt_fraction", "0", "--loci_prompt_fraction", "0",
+        "--num_targets", "1", "--label_target_fraction", "0", "--prompts", "{}",
     ],
     "defaults": [],
 }  # fmt: skip

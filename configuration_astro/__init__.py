@@ -6,11 +6,5 @@ AstroConfig`), so that a checkpoint folder loads with `trust_remote_code=True` w
 This package is the configuration's public name.
 """
 
-from modeling_astro.configuration_astro import (
-    DEFAULT_OBSERVATION_NAMES,
-    DEFAULT_OBSERVATION_UNITS,
-    XP_COEFFICIENTS_PER_BAND,
-    AstroConfig,
-)
-
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]
+from modeling_astro.configuration_astro import *  # noqa: F403  (its public names, listed once in its __all__)
+from modeling_astro.configuration_astro import __all__  # noqa: F401

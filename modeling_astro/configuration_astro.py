@@ -1,11 +1,42 @@
 """Configuration of the Leung & Bovy (2024) transformer foundation model for stars."""
 
+import copy
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 from .observations import DEFAULT_OBSERVATION_NAMES, DEFAULT_OBSERVATION_UNITS, XP_COEFFICIENTS_PER_BAND
 
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "DEFAULT_OBSERVATION_UNITS", "XP_COEFFICIENTS_PER_BAND"]
+__all__ = [
+    "AstroConfig",
+    "DEFAULT_OBSERVATION_NAMES",
+    "DEFAULT_OBSERVATION_UNITS",
+    "PRESETS",
+    "XP_COEFFICIENTS_PER_BAND",
+]
+
+#: The named architectures ([`AstroConfig.preset`], `train.py --model_preset`), all with the paper's structure (two
+#: encoder blocks, three decoder blocks, a four-layer output MLP): what differs from the paper's defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # the paper's 8.8 M-parameter model: the defaults
+    "small": {  # ~200k parameters: CPU demos, quick training
+        "hidden_size": 64,
+        "encoder_attention_heads": [4, 2],
+        "encoder_ffn_dims": [128, 64],
+        "decoder_attention_heads": [4, 2, 1],
+        "decoder_ffn_dims": [192, 96, 48],
+        "decoder_mlp_dims": [192, 96, 48, 24],
+    },
+    "tiny": {  # ~20k parameters: tests in seconds
+        "hidden_size": 16,
+        "encoder_attention_heads": [4, 2],
+        "encoder_ffn_dims": [32, 32],
+        "decoder_attention_heads": [4, 2, 1],
+        "decoder_ffn_dims": [32, 32, 32],
+        "decoder_mlp_dims": [32, 32, 16, 16],
+    },
+}
 
 
 @strict
@@ -168,18 +199,17 @@ class AstroConfig(PreTrainedConfig):
             raise ValueError("`decoder_mlp_dims` must list at least one hidden width.")
 
     @classmethod
+    def preset(cls, name: str, **kwargs) -> "AstroConfig":
+        """
+        The configuration of a named architecture of `PRESETS` (`"paper"`, `"small"`, `"tiny"`); `kwargs` override
+        any of its values (e.g. `observation_names=`, `encoder_dropout=`).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}: the presets are {list(PRESETS)} (configuration_astro.PRESETS).")
+        return cls(**{**copy.deepcopy(PRESETS[name]), **kwargs})
+
+    @classmethod
     def small(cls, **kwargs) -> "AstroConfig":
-        """A ~160k-parameter preset with the paper's structure, for CPU tests, demos and quick training."""
-        defaults = dict(
-            hidden_size=64,
-            encoder_attention_heads=[4, 2],
-            encoder_ffn_dims=[128, 64],
-            decoder_attention_heads=[4, 2, 1],
-            decoder_ffn_dims=[192, 96, 48],
-            decoder_mlp_dims=[192, 96, 48, 24],
-        )
-        defaults.update(kwargs)
-        return cls(**defaults)
+        """The `"small"` preset: ~200k parameters with the paper's structure, for CPU demos and quick training."""
+        return cls.preset("small", **kwargs)
 
-
-__all__ = ["AstroConfig", "DEFAULT_OBSERVATION_NAMES", "XP_COEFFICIENTS_PER_BAND"]

@@ -13,36 +13,27 @@ DEFAULT_LABEL_NAMES = ("teff", "logg", "m_h")
 
 class AstroDataCollator:
     r"""
-    Turns dataset rows into training batches with the self-supervised sampling of Leung & Bovy (2024),
-    vectorised
-    over the batch. Per star: choose `num_targets` targets among its present observations (at least one
-    observation is left as input), shuffle the remaining present observations, keep up to `context_length` of
-    them
-    and blank a random number `0..min(max_blanked, kept - 1)` of those, so that every star keeps at least one
-    input.
-    A target is never an input of the same star; the model sees it only through its request id.
+    Turns dataset rows into training batches with the self-supervised sampling of Leung & Bovy (2024), vectorised
+    over the batch. Per star: choose `num_targets` targets among its present observations (at least one observation
+    is left as input), shuffle the remaining present observations, keep up to `context_length` of them and blank a
+    random number `0..min(max_blanked, kept - 1)` of those, so that every star keeps at least one input. A target is
+    never an input of the same star; the model sees it only through its request id.
 
-    The paper draws one target per star and epoch; several targets per star and step (`num_targets > 1`) use
-    the
-    same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards
-    `label_names`
-    (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised. `prompts` show a share
-    of the stars the input set of a downstream task instead (e.g. the paper's evaluation: XP coefficients 0-29
-    and the colours; or the labels, to generate spectra), so that the model also trains on the inputs it will
-    be asked about.
+    The paper draws one target per star and epoch; several targets per star and step (`num_targets > 1`) use the
+    same encoder pass for more supervised signal. `label_target_fraction` biases the choice towards `label_names`
+    (e.g. the spectroscopic labels) while the rest of the targets stay self-supervised. `prompts` show a share of the
+    stars the input set of a downstream task instead (e.g. the paper's evaluation: XP coefficients 0-29 and the
+    colours; or the labels, to generate spectra), so that the model also trains on the inputs it will be asked
+    about; `train.py --prompts` takes them by name from `observations.PROMPTS`.
 
     Args:
         tokenizer ([`AstroFeatureExtractor`]): standardises values and errors and maps names to token ids.
-        num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get
-        request id
-            0 and label `label_pad_value`, which the loss ignores.
+        num_targets (`int`, defaults to 1): targets (requests) per star; stars with fewer candidates get request
+            id 0 and label `label_pad_value`, which the loss ignores.
         context_length (`int`, *optional*): most inputs per star; defaults to the tokenizer's.
-        max_blanked (`int`, defaults to 59): most inputs blanked per star (the paper's 59 for a context of
-        64).
-        label_names (`Sequence[str]`, defaults to `("teff", "logg", "m_h")`): observations favoured as
-        targets.
-        label_target_fraction (`float`, *optional*): probability that a star's first target is one of its
-        present
+        max_blanked (`int`, defaults to 59): most inputs blanked per star (the paper's 59 for a context of 64).
+        label_names (`Sequence[str]`, defaults to `("teff", "logg", "m_h")`): observations favoured as targets.
+        label_target_fraction (`float`, *optional*): probability that a star's first target is one of its present
             `label_names` (later targets are drawn without replacement with the same per-star weights); `None`
             draws targets uniformly, as the paper does.
         prompts (`Sequence[Sequence[str]]`, *optional*): input sets of downstream tasks.
@@ -119,8 +110,7 @@ class AstroDataCollator:
     # ------------------------------------------------------------------ encoding
     def encode(self, data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Standardised values and errors of every vocabulary observation, shape `(num_stars, vocab_size - 1)`
-        each:
+        Standardised values and errors of every vocabulary observation, shape `(num_stars, vocab_size - 1)` each:
         column `i` is token id `i + 1`, NaN marks a missing value, a missing error is 0.
 
         `data` is a list of dataset rows (dicts), a dict of columns or a pandas DataFrame, in physical units
@@ -169,12 +159,10 @@ class AstroDataCollator:
         self, values: torch.Tensor, errors: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """
-        Draw inputs and targets from encoded stars (see [`encode`]) with `generator` (default: the
-        collator's).
+        Draw inputs and targets from encoded stars (see [`encode`]) with `generator` (default: the collator's).
 
         Returns:
-            `dict` with `input_ids`, `input_values`, `attention_mask` (`(batch, longest input)`),
-            `request_ids`,
+            `dict` with `input_ids`, `input_values`, `attention_mask` (`(batch, longest input)`), `request_ids`,
             `labels` and `label_errors` (`(batch, num_targets)`, standardised).
         """
         generator = self.generator if generator is None else generator
@@ -210,8 +198,7 @@ class AstroDataCollator:
         labels = torch.where(is_target, values[rows, target_order], self.label_pad_value)
         label_errors = torch.where(is_target, errors[rows, target_order], 0.0)
 
-        # Inputs: the other present observations in random order, up to the context, minus a random number
-        # blanked.
+        # Inputs: the other present observations in random order, up to the context, minus a random number blanked.
         candidates = present.clone()
         candidates[rows.expand_as(target_order)[is_target], target_order[is_target]] = False
         candidates = torch.where(prompted[:, None], prompt_inputs, candidates)

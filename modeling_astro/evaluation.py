@@ -2,10 +2,8 @@
 
     python -m modeling_astro.evaluation --model DIR --data DIR --output_dir DIR
 
-Inputs are BP 0-29, RP 0-29 (divided by the G flux), BP-RP, J-H and J-K, as in Leung & Bovy (2024);
-predictions of
-the test split are compared to its labels. Results go to `eval_results.json` (per label: the model's and
-XGBoost's
+Inputs are BP 0-29, RP 0-29 (divided by the G flux), BP-RP, J-H and J-K, as in Leung & Bovy (2024); predictions of
+the test split are compared to its labels. Results go to `eval_results.json` (per label: the model's and XGBoost's
 `mad_std`, `bias`, `rmse`, `outlier_fraction`, the model's `coverage_1sigma`, PIT histogram and
 `calibration_error`) with predicted-vs-true PNG plots. The metrics are the `evaluate` metric module
 `metrics/stellar_regression` (its README.md defines them), loaded with `evaluate.load`.
@@ -124,8 +122,7 @@ def xgboost_predictions(splits: dict[str, pd.DataFrame], seed: int = 0) -> tuple
 def load_split_tables(data_dir: str, required: Sequence[str] = (*EVALUATION_INPUTS, *EVALUATION_LABELS)) -> dict:
     """
     train/validation/test of a dataset folder as pandas DataFrames, read from the parquet files its card's
-    `configs` name (no `datasets` cache, which can serve stale tables for a rewritten folder). Raises
-    `ValueError`
+    `configs` name (no `datasets` cache, which can serve stale tables for a rewritten folder). Raises `ValueError`
     naming the split and the columns of `required` it lacks.
     """
     folder = Path(data_dir)
@@ -205,12 +202,10 @@ def evaluate(
     """
     Run the paper's protocol on the test split of `data_dir` with the model saved in `model_path`.
 
-    Stars are evaluated when they have all 60 XP coefficients of the inputs and the label. Returns (and writes
-    to
-    `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`,
-    `outlier_fraction`, `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's
-    metrics
-    under `xgboost_<name>` when `baseline` is true. Also writes `predicted_vs_true.png`. `predictor_kwargs` go to
+    Stars are evaluated when they have all 60 XP coefficients of the inputs and the label. Returns (and writes to
+    `output_dir/eval_results.json`) per label the model's `mad_std`, `bias`, `rmse`, `outlier_fraction`,
+    `coverage_1sigma`, `pit_histogram` and the number of test stars, plus XGBoost's metrics under `xgboost_<name>`
+    when `baseline` is true. Also writes `predicted_vs_true.png`. `predictor_kwargs` go to
     `AstroPredictor.from_pretrained` (default device: the CPU); `training` (facts of the run that made the model:
     threads, steps/s, planned steps) is recorded under `"training"`.
     """

@@ -56,3 +56,18 @@ LOCI_PROMPT: tuple[str, ...] = ("logg", "m_h", EXTINCTION)
 """The inputs of the stellar loci: Teff and colours predicted from log g, [M/H] and the extinction."""
 LABEL_REQUEST: tuple[str, ...] = (*LABELS, EXTINCTION, "g_fakemag")
 """What the spectra -> labels task asks for."""
+
+#: The named prompts of training (`train.py --prompts '{"name": fraction, ...}'`): the input set a share of the
+#: stars is shown, all present observations of it unblanked, with targets among the star's other observations, so
+#: that the model also trains on the inputs a task will give it.
+PROMPTS: dict[str, tuple[str, ...]] = {
+    "evaluation": EVALUATION_INPUTS,
+    "labels": LABEL_PROMPT,
+    "loci": LOCI_PROMPT,
+}
+#: What each prompt of `PROMPTS` shows, for help texts and model cards.
+PROMPT_DESCRIPTIONS: dict[str, str] = {
+    "evaluation": "the evaluation's inputs, XP 0-29 and the colours",
+    "labels": "the labels and extinction, the inputs of labels -> spectra",
+    "loci": "log g, [M/H] and extinction, the inputs of the stellar loci",
+}

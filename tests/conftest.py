@@ -87,18 +87,8 @@ def run_process_group(command: list[str], timeout: float, **kwargs) -> subproces
 
 
 def tiny_config(**kwargs) -> AstroConfig:
-    """A ~20k-parameter configuration with the paper's structure, for tests in seconds."""
-    defaults = dict(
-        hidden_size=16,
-        encoder_attention_heads=[4, 2],
-        encoder_ffn_dims=[32, 16],
-        decoder_attention_heads=[4, 2, 1],
-        decoder_ffn_dims=[32, 16, 8],
-        decoder_mlp_dims=[32, 16, 8, 4],
-        context_length=16,
-    )
-    defaults.update(kwargs)
-    return AstroConfig(**defaults)
+    """The `"tiny"` preset (~15k parameters, the paper's structure) with a context of 16, for tests in seconds."""
+    return AstroConfig.preset("tiny", **{"context_length": 16, **kwargs})
 
 
 def random_batch(config: AstroConfig, batch_size: int = 5, num_inputs: int = 6, num_requests: int = 4, seed: int = 0):

@@ -23,6 +23,20 @@ def test_small_preset_is_small():
     assert AstroForObservationPrediction(AstroConfig.small()).num_parameters() < 300_000
 
 
+def test_presets_are_defined_once():
+    from configuration_astro import PRESETS
+
+    assert AstroConfig.preset("paper").to_dict() == AstroConfig().to_dict()
+    assert AstroConfig.preset("small").to_dict() == AstroConfig.small().to_dict()
+    sizes = {name: AstroForObservationPrediction(AstroConfig.preset(name)).num_parameters() for name in PRESETS}
+    assert sizes["tiny"] < 30_000 < sizes["small"] < 300_000 < sizes["paper"]
+    config = AstroConfig.preset("tiny", context_length=8, hidden_size=32)  # keyword arguments override the preset
+    assert (config.context_length, config.hidden_size) == (8, 32)
+    assert config.decoder_mlp_dims == PRESETS["tiny"]["decoder_mlp_dims"]
+    with pytest.raises(ValueError, match=r"Unknown preset 'tinny': the presets are \['paper', 'small', 'tiny'\]"):
+        AstroConfig.preset("tinny")
+
+
 def test_config_round_trip(tmp_path):
     config = AstroConfig.small(observation_names=["a", "b"], decoder_dropout=0.0)
     config.save_pretrained(tmp_path)

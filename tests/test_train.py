@@ -324,3 +324,40 @@ def test_bad_schedule_arguments_are_refused(tiny_survey, tmp_path):
     for extra in (["--restart_mult", "0"], ["--learning_rate", "0"], ["--restart_steps", "-5"]):
         with pytest.raises(train.TrainingInputError, match="--restart_mult .* >= 1"):
             train.main(short_run_args(tiny_survey, tmp_path / "out", *extra))
+
+
+def test_prompts_are_one_argument_with_known_names(tiny_trained_checkpoint):
+    run = json.loads((tiny_trained_checkpoint / "training_args.json").read_text())
+    assert run["prompts"] == train.DEFAULT_PROMPTS == {"evaluation": 0.5, "labels": 0.25, "loci": 0.1}
+    fingerprint = json.loads((tiny_trained_checkpoint / "run.json").read_text())["fingerprint"]["training"]
+    assert fingerprint["prompts"] == train.DEFAULT_PROMPTS and "prompt_fraction" not in fingerprint
+    card = (tiny_trained_checkpoint / "README.md").read_text()
+    assert "prompt shares 0.5 evaluation (the evaluation's inputs, XP 0-29 and the colours), 0.25 labels" in card
+    parser = train.HfArgumentParser(train.TrainArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=["--prompts", '{"loci": 0.2, "labels": 0.3}'])
+    assert args.prompts == {"loci": 0.2, "labels": 0.3}
+    (args,) = parser.parse_args_into_dataclasses(args=["--prompts", "{}"])
+    assert args.prompts == {} and "no prompts" in train.training_summary(args, run)
+
+
+def test_a_bad_prompt_is_a_clear_error_naming_the_known_prompts(tiny_survey, tmp_path):
+    known = r"Unknown prompt\(s\) \['evaluaton'\].*the known prompts are 'evaluation' .*'labels' .*'loci' "
+    with pytest.raises(train.TrainingInputError, match=known):
+        train.TrainArguments(prompts='{"evaluaton": 0.5}')
+    for bad, message in (('{"loci": 2}', "number in \\[0, 1\\]"), ('{"loci": 0.6, "labels": 0.6}', "more than 1"),
+                         ("loci=0.1", "not JSON"), ("[0.1]", "JSON object")):
+        with pytest.raises(train.TrainingInputError, match=message):
+            train.TrainArguments(prompts=bad)
+    result = run_cli(short_run_args(tiny_survey, tmp_path / "out", "--prompts", '{"lables": 0.2}'))
+    _, stderr = result.communicate(timeout=300)
+    assert result.returncode == 1 and "Unknown prompt(s) ['lables']" in stderr and "'labels'" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_old_prompt_flags_are_deprecated_aliases():
+    parser = train.HfArgumentParser(train.TrainArguments)
+    with pytest.warns(FutureWarning, match="--label_prompt_fraction is deprecated: use --prompts"):
+        (args,) = parser.parse_args_into_dataclasses(args=["--label_prompt_fraction", "0.3", "--prompt_fraction", "0"])
+    assert args.prompts == {"evaluation": 0.0, "labels": 0.3, "loci": 0.1}
+    with pytest.raises(train.TrainingInputError, match="more than 1"):
+        train.TrainArguments(loci_prompt_fraction=0.9)
