@@ -193,8 +193,10 @@ def same_predictions(first: Path, second: Path) -> float | None:
     """The largest absolute difference between two runs' predictions, matched by `source_id` (None: a run failed)."""
     if not (list(first.glob("**/*.parquet")) and list(second.glob("**/*.parquet"))):
         return None
+    # partitioning=None: a HATS copy's Norder/Dir/Npix folders are not prediction columns
     tables = [
-        pq.read_table(sorted(out.glob("**/*.parquet"))).to_pandas().set_index("source_id") for out in (first, second)
+        pq.read_table(sorted(out.glob("**/*.parquet")), partitioning=None).to_pandas().set_index("source_id")
+        for out in (first, second)
     ]
     a, b = (table.sort_index() for table in tables)
     if not a.index.equals(b.index):
