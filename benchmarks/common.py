@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 
 from configuration_astro import AstroConfig  # noqa: E402
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction  # noqa: E402
+from modeling_astro.fast_path import cpu_description  # noqa: E402
 
 THREADS = 2
 FAST_PATHS = ("fast_fp32", "fast_bf16", "compiled_fp32", "compiled_bf16")  # AstroPredictor: eager / torch.compile
@@ -177,19 +178,6 @@ def matmul_gflops_by_method(dtype: torch.dtype, repeats: int = 15) -> dict[str, 
 
 
 
-def cpu_description() -> dict:
-    """The CPU the figures were measured on: `lscpu`'s model name and the instruction-set flags that pick paths."""
-    model, flags = "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-    return {"model_name": model, "flags": [flag for flag in wanted if flag in flags], "torch": torch.__version__}
-
-
 def machine_load() -> float:
     """1-minute load average: the runs share the machine; a load above 2 threads slows every figure."""
     return round(os.getloadavg()[0], 2)
@@ -247,8 +235,15 @@ def inference_benchmark(
                 np.max(np.abs(predictions[phase]["mean"] - reference["mean"]) / reference["sigma"])
             ),
         }
+    from modeling_astro.inference import AstroPredictor
+
+    setup_torch()
+    auto = AstroPredictor(*paper_model(), device="cpu", dtype="auto").fast_path  # what users get by default
+    eager = max(("fast_fp32", "fast_bf16"), key=lambda phase: phases[phase]["stars_per_s"])
+    auto["agrees_with_the_timed_runs"] = (eager == "fast_bf16") == (auto["dtype"] == "bfloat16")
     result = {
         "benchmark": name,
+        "auto_dtype": {**auto, "fastest_eager_path": eager},
         "stars_per_s": phases[fastest]["stars_per_s"],
         "naive_stars_per_s": naive["stars_per_s"],
         "speedup": paths[fastest]["speedup"],

@@ -11,6 +11,7 @@ attention runs a kernel for small heads (`small_head_attention`) and batches are
 
 import copy
 import itertools
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .fast_path import choose_dtype
 from .feature_extraction_astro import AstroFeatureExtractor, StarTable
 from .modeling_astro import pool_states
-from .observations import SIGMA_SUFFIX, XP_COEFFICIENTS_PER_BAND
+from .observations import EVALUATION_INPUTS, LABELS, SIGMA_SUFFIX, XP_COEFFICIENTS_PER_BAND
 from .small_head_attention import ATTENTION_IMPLEMENTATION, load_kernel
 
 #: Stars tokenised (and moved to the device) at once, in units of the batch size: larger chunks pad less.
@@ -37,6 +39,8 @@ MAX_REQUEST_TOKENS = 32768
 #: bf16 XP -> labels forward at 2 threads: 4.6k stars/s at 64, 5.0k at 128, 4.6k at 256, slower still at 512 and
 #: 1024); GPUs want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 128, "cuda": 1024}
+#: Synthetic stars per timed pass of the `dtype="auto"` probe (a few seconds in all for the paper model on 2 cores).
+PROBE_STARS = 64
 XP_BANDS = ("bp", "rp")
 """Keys of `correlations=` in [`AstroPredictor.predict`]: the XP bands, whose coefficients are `bp0` ... `bp54`."""
 XP_CORRELATIONS_PER_BAND = XP_COEFFICIENTS_PER_BAND * (XP_COEFFICIENTS_PER_BAND - 1) // 2
@@ -106,7 +110,9 @@ class AstroPredictor:
         dtype: `torch.bfloat16` (or `torch.float16`) runs a copy of the model cast to that dtype, made here:
             faster on CPUs with AVX512-BF16 and on GPUs, and faster than autocast on the CPU (no per-call
             casts of weights and activations); predictions are returned in float32. `None` or `torch.float32`
-            runs the model itself in float32.
+            runs the model itself in float32. `"auto"`: the faster of the two on this machine
+            (`modeling_astro.fast_path`: measured once per CPU, torch, thread count and model shape and cached;
+            bf16 on CUDA where supported); `predictor.fast_path` says what was chosen and why.
         compile: wrap the forward pass in `torch.compile(dynamic=True)` with inductor's freezing (the weights
             become constants of the compiled graph: linear layers fused with their activations; measured 1.3x (bf16)
             to 2x (fp32) faster on a CPU). The first batches compile (tens of seconds); build a new predictor
@@ -131,7 +137,7 @@ class AstroPredictor:
         tokenizer: AstroFeatureExtractor,
         device: str | torch.device | None = None,
         batch_size: int | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         compile: bool = False,
         attn_implementation: str | None = None,
     ):
@@ -142,16 +148,61 @@ class AstroPredictor:
             )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
-        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"`dtype` must be None, torch.float32, torch.bfloat16 or torch.float16, got {dtype}.")
+        if not (isinstance(dtype, str) and dtype == "auto") and dtype not in (
+            None,
+            torch.float32,
+            torch.bfloat16,
+            torch.float16,
+        ):
+            raise ValueError(
+                f"`dtype` must be None, torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}."
+            )
         tokenizer.check_vocabulary(model.config.observation_names)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size or DEFAULT_BATCH_SIZE.get(self.device.type, DEFAULT_BATCH_SIZE["cuda"]))
-        self.dtype = dtype or torch.float32
+        if isinstance(dtype, str):  # "auto": measured (or cached) on this machine
+            self.dtype, self.fast_path = choose_dtype(
+                self.device, self._model_shape(), lambda candidate: self._probe(candidate, attn_implementation)
+            )
+        else:
+            self.dtype = dtype or torch.float32
+            self.fast_path = {"dtype": str(self.dtype).removeprefix("torch."), "reason": "given"}
         self._network = self._network_copy(attn_implementation)
         self._compiled = torch.compile(self._forward_batch, dynamic=True) if compile else None
+
+    def _model_shape(self) -> dict[str, Any]:
+        """What sets the network's cost: part of the key of a cached `dtype="auto"` choice."""
+        config = self.model.config
+        return {
+            "class": type(self.model).__name__,
+            "parameters": sum(parameter.numel() for parameter in self.model.parameters()),
+            "hidden_size": config.hidden_size,
+            "batch_size": self.batch_size,
+            "device": self.device.type,
+        }
+
+    def _probe(self, dtype: torch.dtype, attn_implementation: str | None, repeats: int = 2) -> float:
+        """
+        Median seconds of this predictor's XP -> labels pass over one batch of synthetic stars in `dtype` (one
+        untimed warm-up first): the measurement behind `dtype="auto"`.
+        """
+        names = self.model.config.observation_names
+        inputs = [name for name in EVALUATION_INPUTS if name in names] or list(names)
+        inputs = inputs[: self.model.config.context_length]
+        request = [name for name in LABELS if name in names] or [names[-1]]
+        num_stars = min(self.batch_size, PROBE_STARS)
+        generator = np.random.default_rng(0)
+        stars = {name: generator.normal(0.0, 0.1, num_stars).astype(np.float32) for name in inputs}
+        self.dtype, self._compiled = dtype, None
+        self._network = self._network_copy(attn_implementation)
+        seconds = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            self.predict(stars, request, progress=False)
+            seconds.append(time.perf_counter() - start)
+        return float(np.median(seconds[1:]))
 
     def _network_copy(self, attn_implementation: str | None) -> torch.nn.Module:
         """

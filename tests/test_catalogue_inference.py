@@ -1,6 +1,8 @@
 """Tests: catalogue command (modeling_astro/catalogue_inference.py): shards, resuming after SIGKILL."""
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,15 +56,17 @@ def read_predictions(folder: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(path) for path in sorted(folder.glob("*.parquet"))], ignore_index=True)
 
 
-def run_command(model: Path, data: Path, out: Path, prelude: str = "") -> subprocess.CompletedProcess:
+def run_command(
+    model: Path, data: Path, out: Path, prelude: str = "", dtype: str = "float32", env: dict | None = None
+) -> subprocess.CompletedProcess:
     script = textwrap.dedent(prelude) + textwrap.dedent(
         f"""
         from modeling_astro.catalogue_inference import main
         main(["--model", "{model}", "--data", "{data}", "--out", "{out}", "--split", "test",
-              "--request", *{REQUEST!r}, "--rows-per-chunk", "10", "--batch-size", "4"])
+              "--request", *{REQUEST!r}, "--rows-per-chunk", "10", "--batch-size", "4", "--dtype", "{dtype}"])
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
@@ -79,6 +83,22 @@ def test_predictions_match_in_memory_predictor(catalogue, tmp_path):
     expected = predictor.predict(frame, REQUEST, keep_columns=["source_id"])
     pd.testing.assert_frame_equal(result, expected, check_exact=False, rtol=1e-5)
     assert predict_catalogue(predictor, data, tmp_path, REQUEST, split="test") == []  # all finished: skipped
+
+
+def test_command_measures_its_dtype_once(catalogue, tmp_path):
+    """`--dtype auto` (the default): the faster of fp32 and bf16 measured on this machine, cached, printed."""
+    model, data = catalogue
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first = run_command(model, data, tmp_path / "first", dtype="auto", env=cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"dtype (float32|bfloat16): measured: bf16 forward [0-9.]+x fp32", first.stderr), first.stderr
+    assert "(cached)" not in first.stderr
+    assert (tmp_path / "cache/astro_kernels/fast_path.json").is_file()
+    assert len(read_predictions(tmp_path / "first")) == sum(SHARD_ROWS)
+    second = run_command(model, data, tmp_path / "second", dtype="auto", env=cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert re.search(r"dtype (float32|bfloat16): measured.*\(cached\)", second.stderr), second.stderr
+    assert len(json.loads((tmp_path / "cache/astro_kernels/fast_path.json").read_text())) == 1
 
 
 def test_killed_run_resumes_without_duplicate_or_missing_rows(catalogue, tmp_path):
@@ -133,7 +153,7 @@ def test_two_processes_share_the_shards(catalogue, tmp_path):
         "{port}",
     ]
     command += ["-m", "modeling_astro.catalogue_inference", "--model", str(model), "--data", str(data)]
-    command += ["--out", str(tmp_path), "--split", "test", "--request", *REQUEST]
+    command += ["--out", str(tmp_path), "--split", "test", "--request", *REQUEST, "--dtype", "float32"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = run_process_group(command, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

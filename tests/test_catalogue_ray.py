@@ -212,7 +212,7 @@ def test_driver_killed_and_rerun_exactly_once(ray_cluster, bulk, model, bulk_pre
     command = [
         *(sys.executable, "-m", "modeling_astro.catalogue_ray", "--model", str(model), "--data", str(bulk)),
         *("--out", str(tmp_path), "--request", *REQUEST, "--inputs", *INPUTS),
-        *("--rows-per-chunk", "100", "--address", address),
+        *("--rows-per-chunk", "100", "--address", address, "--dtype", "float32"),  # compared with fp32
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -1,5 +1,7 @@
 """Tests of the batched predictor `AstroPredictor` (modeling_astro/inference.py)."""
 
+import json
+
 import datasets
 import numpy as np
 import pandas as pd
@@ -286,3 +288,59 @@ def test_compiled_predictor_matches_eager(predictor):
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+def fake_probe(seconds: dict[torch.dtype, float], calls: list):
+    """A stand-in for `AstroPredictor._probe` that records its calls and returns fixed timings."""
+
+    def probe(self, dtype, attn_implementation, repeats=2):
+        calls.append(dtype)
+        return seconds[dtype]
+
+    return probe
+
+
+def test_auto_dtype_is_measured_once_per_machine_and_cached(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(AstroPredictor, "_probe", fake_probe({torch.float32: 1.0, torch.bfloat16: 0.5}, calls))
+    first = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype="auto")
+    assert first.dtype == torch.bfloat16 and first.fast_path["cached"] is False and len(calls) == 2
+    assert "2.00x" in first.fast_path["reason"] and first.fast_path["cpu"]["torch"] == torch.__version__
+    second = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype="auto")
+    assert second.dtype == torch.bfloat16 and second.fast_path["cached"] is True and len(calls) == 2
+    torch.set_num_threads(torch.get_num_threads() + 1)  # another thread count is another measurement
+    AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype="auto")
+    assert len(calls) == 4
+    explicit = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype=torch.float32)
+    assert explicit.dtype == torch.float32 and explicit.fast_path["reason"] == "given" and len(calls) == 4
+
+
+def test_auto_dtype_keeps_float32_where_bf16_is_not_faster(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(AstroPredictor, "_probe", fake_probe({torch.float32: 1.0, torch.bfloat16: 0.95}, []))
+    auto = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", batch_size=8, dtype="auto")
+    assert auto.dtype == torch.float32  # 1.05x is below BF16_MIN_SPEEDUP
+    data = make_stars(seed=9)
+    data["teff"][3] = 5000.0
+    pd.testing.assert_frame_equal(auto.predict(data, REQUEST), predictor.predict(data, REQUEST))
+
+
+def test_auto_dtype_real_probe_and_unreadable_cache(predictor, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "astro_kernels" / "fast_path.json"
+    cache.parent.mkdir()
+    cache.write_text("{ torn")
+    with pytest.warns(UserWarning, match="unreadable fast-path cache"):
+        auto = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", batch_size=8, dtype="auto")
+    assert auto.dtype in (torch.float32, torch.bfloat16)
+    assert set(auto.fast_path["seconds"]) == {"float32", "bfloat16"} and min(auto.fast_path["seconds"].values()) > 0
+    entries = json.loads(cache.read_text())  # the torn file was replaced by one entry: this choice
+    assert [entry["dtype"] for entry in entries.values()] == [auto.fast_path["dtype"]]
+    data = make_stars(num_stars=20, seed=6)
+    data["teff"][:] = 5000.0
+    expected, table = predictor.predict(data, REQUEST), auto.predict(data, REQUEST)
+    for name in REQUEST:  # the probe leaves the chosen network in place: fp32 exactly, bf16 within 0.05 sigma
+        assert (np.abs(table[name] - expected[name]) / expected[f"{name}_sigma"]).max() < 0.05
+    with pytest.raises(ValueError, match="'auto'"):
+        AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype="fastest")
