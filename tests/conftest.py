@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,31 @@ def run_process_group(command: list[str], timeout: float, **kwargs) -> subproces
         stdout, stderr = process.communicate()
         raise AssertionError(f"{command[:6]}... did not finish in {timeout} s:\n{stderr[-3000:]}") from None
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+#: Prelude of a fresh-process test script: the project's packages cannot be imported there (installed or not), so
+#: the code that runs must come from a checkpoint folder or a Hub server.
+BLOCK_PROJECT = """import sys
+
+
+class BlockProject:  # the project's packages are absent, installed or not
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder", "train"):
+            raise ImportError(f"{name} is blocked in this test")
+        return None
+
+
+sys.meta_path.insert(0, BlockProject())
+"""
+
+
+def run_python(*args: str, cwd: str | os.PathLike, env: dict[str, str], timeout: float = 300):
+    """`python *args` in a fresh process (output captured); the test fails with its stderr's tail unless it exits 0."""
+    result = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def tiny_config(**kwargs) -> AstroConfig:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
+from conftest import BLOCK_PROJECT, run_python
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.data_collator_astro import AstroDataCollator
 from modeling_astro.evaluation import load_split_tables
@@ -121,15 +122,7 @@ def test_loss_is_exact_under_gradient_accumulation(tiny_trained_checkpoint, tiny
     torch.testing.assert_close(model.head.mean.weight.grad, expected, rtol=1e-4, atol=1e-6)
 
 
-SHIPPED_COLLATOR = """
-import sys
-
-class BlockProject:  # the project's packages are absent
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder", "train"):
-            raise ImportError(f"{name} is blocked in this test")
-
-sys.meta_path.insert(0, BlockProject())
+SHIPPED_COLLATOR = BLOCK_PROJECT + """
 from transformers import AutoFeatureExtractor
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
@@ -145,22 +138,11 @@ print("OK", sorted(batch), tuple(batch["request_ids"].shape))
 
 def test_collator_ships_with_the_checkpoint(tiny_trained_checkpoint, tmp_path):
     import os
-    import subprocess
-    import sys
-
     script = tmp_path / "collator.py"
     script.write_text(SHIPPED_COLLATOR)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_trained_checkpoint)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(str(script), str(tiny_trained_checkpoint), cwd=tmp_path, env=env)
     assert "OK ['attention_mask', 'input_ids', 'input_values', 'label_errors', 'labels', 'request_ids'] (2, 2)" in (
         result.stdout
     )

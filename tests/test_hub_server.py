@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import free_port, random_batch, stop_process_group, tiny_config, wait_for_http
+from conftest import BLOCK_PROJECT, free_port, random_batch, stop_process_group, tiny_config, wait_for_http
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 from modeling_astro.inference import AstroPredictor
 
@@ -36,17 +36,8 @@ pytestmark = pytest.mark.skipif(
     "does it), and git must be on PATH",
 )
 
-LOAD = textwrap.dedent(
+LOAD = BLOCK_PROJECT + textwrap.dedent(
     """
-    import sys
-
-    class BlockProject:  # the project's packages are absent: the code must come from the server
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockProject())
     import datasets
     import pandas as pd
     import torch

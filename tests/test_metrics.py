@@ -3,12 +3,11 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import run_python
 from modeling_astro import evaluation
 
 MAD_TO_STD = 1.482602218505602  # 1 / Phi^-1(3/4)
@@ -66,15 +65,7 @@ def test_evaluate_load_in_a_fresh_process_gives_the_numpy_figures(tmp_path):
     script.write_text(FRESH_PROCESS)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    result = subprocess.run(
-        [sys.executable, str(script), str(evaluation.METRIC_PATH), str(inputs)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(str(script), str(evaluation.METRIC_PATH), str(inputs), cwd=tmp_path, env=env)
     computed = json.loads(result.stdout.strip().splitlines()[-1])
     assert computed.pop("class") == "StellarRegression"
     assert computed.pop("module").startswith("evaluate_modules.metrics.stellar_regression")

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from transformers import pipeline
 
+from conftest import BLOCK_PROJECT
 from modeling_astro.inference import AstroPredictor
 
 pytest_plugins = ["training_fixtures"]  # the session fixtures tiny_survey and tiny_trained_checkpoint
@@ -80,17 +81,8 @@ def test_pipeline_errors_are_readable(tiny_trained_checkpoint, rows):
         pipe(rows, request=["tef"])
 
 
-FRESH_PROCESS = textwrap.dedent(
+FRESH_PROCESS = BLOCK_PROJECT + textwrap.dedent(
     """
-    import sys
-
-    class BlockProject:  # the project's packages are absent, installed or not
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockProject())
     import pandas as pd
     from transformers import pipeline
 

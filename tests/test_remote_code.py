@@ -10,20 +10,11 @@ import pytest
 import torch
 from transformers import AutoFeatureExtractor
 
-from conftest import random_batch, tiny_config
+from conftest import BLOCK_PROJECT, random_batch, tiny_config
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
 
-FRESH_PROCESS = textwrap.dedent(
+FRESH_PROCESS = BLOCK_PROJECT + textwrap.dedent(
     """
-    import sys
-
-    class BlockProject:  # the project's packages are absent, installed or not
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockProject())
     import torch
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 

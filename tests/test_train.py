@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from training_fixtures import tiny_train_args
 
 import train
-from conftest import run_process_group
+from conftest import BLOCK_PROJECT, run_process_group, run_python
 
 pytest_plugins = ["training_fixtures"]
 
@@ -203,16 +203,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(tiny_survey, 
     assert not (output / "model.safetensors").exists()
 
 
-FRESH_EVALUATION = textwrap.dedent(
+FRESH_EVALUATION = BLOCK_PROJECT + textwrap.dedent(
     """
-    import json, sys
-
-    class BlockProject:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_astro", "configuration_astro", "dataset_builder", "train"):
-                raise ImportError(f"{name} is blocked in this test")
-
-    sys.meta_path.insert(0, BlockProject())
+    import json
     from pathlib import Path
 
     import numpy as np, pandas as pd, torch
@@ -250,21 +243,9 @@ def test_checkpoint_reproduces_the_evaluation_in_a_fresh_process(
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    fresh = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(tiny_trained_checkpoint),
-            str(tiny_survey),
-            json.dumps(EVALUATION_INPUTS),
-        ],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    fresh = run_python(
+        str(script), str(tiny_trained_checkpoint), str(tiny_survey), json.dumps(EVALUATION_INPUTS), cwd=workdir, env=env
     )
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
     reproduced = json.loads(fresh.stdout.strip().splitlines()[-1])
     for label, spread in reproduced.items():
         assert spread == pytest.approx(results[label]["mad_std"], rel=1e-4)

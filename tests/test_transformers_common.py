@@ -1,6 +1,7 @@
 """transformers' own common model and configuration tests (`ModelTesterMixin`, `ConfigTester`) run on the Astro models.
 
-The mixins are the transformers 5.24.0 test files, vendored in `tests/transformers_common/` (see its `__init__.py`).
+The mixins are the transformers 5.24.0 test files, vendored in `tests/third_party/transformers_common/` (see its
+`__init__.py`).
 The tester below adapts them to this model: a star is a set of (observation id, value) tokens plus the ids of the
 requested observations, so the inputs are `input_ids`, `input_values`, `attention_mask` and `request_ids`.
 
@@ -24,9 +25,9 @@ import unittest.mock
 
 import pytest
 import torch
+from third_party.transformers_common.test_configuration_common import ConfigTester
+from third_party.transformers_common.test_modeling_common import ModelTesterMixin
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
-from transformers_common.test_configuration_common import ConfigTester
-from transformers_common.test_modeling_common import ModelTesterMixin
 
 from configuration_astro import AstroConfig
 from modeling_astro import AstroForObservationPrediction, AstroModel
