@@ -20,7 +20,7 @@ from modeling_astro.tasks import (
     inpaint_band,
     sample_xp,
 )
-from modeling_astro.tasks.plotting import new_figure, save_figure
+from modeling_astro.tasks.plotting import label_spectrum_axis, new_figure, save_figure
 
 RANGES = {"rp": (700.0, 1000.0), "bp": (400.0, 600.0)}
 
@@ -65,9 +65,7 @@ def main() -> None:
             axis.plot(observed.wavelength, observed.flux[0], color="k", label="observed")
             axis.plot(inpainted.wavelength, inpainted.flux[0], color="C1", label=f"{band.upper()} predicted")
             axis.axvspan(*RANGES[band], color="0.93", zorder=-1)
-            axis.set_xlabel("wavelength [nm]")
-            axis.set_ylabel("flux / f_G")
-            axis.legend()
+            label_spectrum_axis(axis)
         save_figure(figure, args.out)
     report(result)
 

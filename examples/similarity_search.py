@@ -18,7 +18,7 @@ from modeling_astro.tasks import (
     sample_xp,
     top_k_similar,
 )
-from modeling_astro.tasks.plotting import new_figure, save_figure
+from modeling_astro.tasks.plotting import label_spectrum_axis, new_figure, save_figure
 
 
 def main() -> None:
@@ -58,9 +58,7 @@ def main() -> None:
                 lw=2 if i == 0 else 1,
                 label="query" if i == 0 else f"neighbour {i}",
             )
-        axis.set_xlabel("wavelength [nm]")
-        axis.set_ylabel("flux / f_G")
-        axis.legend()
+        label_spectrum_axis(axis)
         save_figure(figure, args.out)
     report(result)
 

@@ -6,16 +6,8 @@ import pandas as pd
 import pytest
 from dust_extinction.parameter_averages import G23
 
+from dataset_builder import physics
 from dataset_builder.features import g_band_flux
-from dataset_builder.physics import (
-    ExtinctionLaw,
-    StellarParameters,
-    SurfaceFluxModel,
-    SyntheticPhotometry,
-    dilution,
-    stellar_radius,
-    wavelength_grid,
-)
 from dataset_builder.xp_projection import XPProjector
 from modeling_astro.tasks import (
     ExtinctionCurve,
@@ -33,17 +25,17 @@ class SimulatorPredictor:
     and g_fakemag (star at 10 pc) for given labels, with the G23 law at a fixed R_V."""
 
     def __init__(self, rv: float) -> None:
-        grid = wavelength_grid()
-        self.surface = SurfaceFluxModel(grid)
-        self.extinction = ExtinctionLaw(grid)
-        self.photometry = SyntheticPhotometry(grid)
+        grid = physics.wavelength_grid()
+        self.surface = physics.SurfaceFluxModel(grid)
+        self.extinction = physics.ExtinctionLaw(grid)
+        self.photometry = physics.SyntheticPhotometry(grid)
         self.projector = XPProjector(grid)
         self.rv = rv
 
     def predict(self, data, request, **kwargs) -> pd.DataFrame:
         n = len(data["teff"])
         zeros = np.zeros(n)
-        stars = StellarParameters(
+        stars = physics.StellarParameters(
             np.asarray(data["teff"]),
             np.asarray(data["logg"]),
             np.asarray(data["m_h"]),
@@ -52,7 +44,7 @@ class SimulatorPredictor:
             zeros + 1.5,
         )
         flux = self.surface(stars) * self.extinction.transmission(np.exp(data["logebv"]), np.full(n, self.rv))
-        flux *= dilution(stellar_radius(stars.logg, zeros + 1.0), np.full(n, 10.0))
+        flux *= physics.dilution(physics.stellar_radius(stars.logg, zeros + 1.0), np.full(n, 10.0))
         g_mag = self.photometry.magnitudes(flux)["G"]
         columns = {"g_fakemag": 100.0 * 10 ** (0.2 * g_mag)}
         for band, coefficients in self.projector.project(flux).items():

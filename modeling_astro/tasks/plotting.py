@@ -21,6 +21,13 @@ def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
     return figure, list(axes[0])
 
 
+def label_spectrum_axis(axis) -> None:
+    """Axis labels of a sampled XP spectrum (wavelength in nm, flux divided by the G-band flux) and its legend."""
+    axis.set_xlabel("wavelength [nm]")
+    axis.set_ylabel("flux / f_G")
+    axis.legend()
+
+
 def save_figure(figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` to ``path`` as PNG atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
