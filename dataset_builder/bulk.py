@@ -39,7 +39,7 @@ from modeling_astro.io_utils import atomic_path
 
 from . import features as F
 from .errors import DatasetBuildError
-from .readers import XPContinuous, _xp_matrix
+from .readers import XPContinuous, xp_array_column
 from .schema import XP_LENGTH
 
 XP_BULK_PREFIX = "XpContinuousMeanSpectrum_"
@@ -155,7 +155,7 @@ def parse_array_column(
     """
     Bracketed array strings (NaN/None for ``null``) -> ``(n, 55)`` float64 matrix and a bool "present" per
     row. Vectorised: every present cell is parsed in one pass; a malformed cell is reported by the builder's
-    reader (`readers._xp_matrix`) with its row and source_id.
+    reader (`readers.xp_array_column`) with its row and source_id.
     """
     present = np.array([isinstance(cell, str) for cell in cells], dtype=bool)
     out = np.full((len(cells), XP_LENGTH), np.nan)
@@ -171,7 +171,7 @@ def parse_array_column(
                 raise ValueError("wrong length")
         except ValueError:
             try:
-                _xp_matrix(path, cells, name, source_id)  # raises, naming the row
+                xp_array_column(path, cells, name, source_id)  # raises, naming the row
             except DatasetBuildError as exc:
                 message = str(exc)
                 match = re.search(r"data row (\d+)", message)

@@ -251,7 +251,7 @@ def _parse_array_string(text: str) -> np.ndarray:
     return np.array(text[1:-1].split(","), dtype=np.float64)
 
 
-def _xp_matrix(path: Path, column: Any, name: str, source_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def xp_array_column(path: Path, column: Any, name: str, source_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Turn an array-valued column into a (n, 55) float64 matrix; returns (matrix, has_solution)."""
     n = len(source_id)
     out = np.full((n, XP_LENGTH), np.nan)
@@ -296,8 +296,9 @@ def read_xp_continuous(path: str | Path) -> XPContinuous:
     _check_unique(path, source_id)
     fields: dict[str, np.ndarray] = {}
     for band in bands:
-        coefficients, has_solution = _xp_matrix(path, raw[f"{band}_coefficients"], f"{band}_coefficients", source_id)
-        errors, has_errors = _xp_matrix(
+        name = f"{band}_coefficients"
+        coefficients, has_solution = xp_array_column(path, raw[name], name, source_id)
+        errors, has_errors = xp_array_column(
             path, raw[f"{band}_coefficient_errors"], f"{band}_coefficient_errors", source_id
         )
         if not np.array_equal(has_solution, has_errors):

@@ -36,7 +36,8 @@ _RIDGE_STRENGTH = 1e-8
 """Ridge weight relative to the mean diagonal of the normal matrix; real spectra round-trip to ~1 sigma."""
 
 
-def _check_gaiaxpy_version() -> None:
+def check_gaiaxpy_version() -> None:
+    """Raise a RuntimeError saying what to install unless GaiaXPy is the version whose internals this code uses."""
     import gaiaxpy
 
     version = getattr(gaiaxpy, "__version__", None)
@@ -61,7 +62,7 @@ def band_design_matrix(band: str, step_nm: float = 1.0) -> tuple[np.ndarray, np.
     """
     if band not in BANDS:
         raise ValueError(f"band must be one of {BANDS}, got {band!r}")
-    _check_gaiaxpy_version()
+    check_gaiaxpy_version()
     from gaiaxpy.calibrator.external_instrument_model import ExternalInstrumentModel
     from gaiaxpy.config.paths import config_path
     from gaiaxpy.spectrum.sampled_basis_functions import SampledBasisFunctions

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from dataset_builder.features import g_band_flux
-from dataset_builder.xp_projection import BANDS, _check_gaiaxpy_version
+from dataset_builder.xp_projection import BANDS, check_gaiaxpy_version
 
 from ..observations import BP_NAMES, LABEL_PROMPT, RP_NAMES, SIGMA_SUFFIX, XP_NAMES
 from .labels import select_inputs
@@ -32,7 +32,7 @@ LABEL_INPUTS = LABEL_PROMPT  # the stellar labels a generated spectrum is condit
 def gaia_sampling() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Gaia's default sampling grid [nm] (336-1020 nm, 2 nm) and per band the (55, 343) matrix
     coefficients -> flux [W m^-2 nm^-1 per e-/s of coefficient], BP/RP merge weights folded in."""
-    _check_gaiaxpy_version()
+    check_gaiaxpy_version()
     from gaiaxpy.core.config import load_xpmerge_from_xml, load_xpsampling_from_xml
 
     grid, merge = load_xpmerge_from_xml()
