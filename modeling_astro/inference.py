@@ -97,6 +97,23 @@ class AstroAttentions:
     cross: list[np.ndarray]
 
 
+def _own_feature_extractor(tokenizer: Any) -> AstroFeatureExtractor:
+    """
+    `tokenizer` as this module's `AstroFeatureExtractor`. One loaded from a checkpoint's shipped code (a
+    `transformers_modules` copy: e.g. a checkpoint saved under the old name `AstroTokenizer`, whose code
+    `AutoFeatureExtractor(trust_remote_code=True)` then runs) is another class that cannot read this module's
+    star tables: it is rebuilt here from its saved settings (`to_dict`), so old checkpoints predict like new ones.
+    """
+    if isinstance(tokenizer, AstroFeatureExtractor):
+        return tokenizer
+    if type(tokenizer).__name__ in ("AstroFeatureExtractor", "AstroTokenizer") and hasattr(tokenizer, "to_dict"):
+        return AstroFeatureExtractor.from_dict(tokenizer.to_dict())
+    raise TypeError(
+        f"AstroPredictor needs an AstroFeatureExtractor (the checkpoint's preprocessor), got "
+        f"{type(tokenizer).__name__}."
+    )
+
+
 class AstroPredictor:
     r"""
     Batched inference with an [`AstroForObservationPrediction`] and its [`AstroFeatureExtractor`].
@@ -157,6 +174,7 @@ class AstroPredictor:
             raise ValueError(
                 f"`dtype` must be None, torch.float32, torch.bfloat16, torch.float16 or 'auto', got {dtype!r}."
             )
+        tokenizer = _own_feature_extractor(tokenizer)
         tokenizer.check_vocabulary(model.config.observation_names)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)

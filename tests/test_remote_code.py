@@ -6,12 +6,14 @@ import subprocess
 import sys
 import textwrap
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoFeatureExtractor
 
 from conftest import BLOCK_PROJECT, random_batch, tiny_config
 from modeling_astro import AstroFeatureExtractor, AstroForObservationPrediction
+from modeling_astro.inference import AstroPredictor
 
 FRESH_PROCESS = BLOCK_PROJECT + textwrap.dedent(
     """
@@ -94,6 +96,15 @@ def test_checkpoint_saved_under_the_old_name_astrotokenizer_still_loads(tmp_path
     direct = AstroFeatureExtractor.from_pretrained(folder)
     for loaded in (remote, direct):
         assert torch.equal(loaded(stars, return_tensors="pt")["input_values"], expected)
+
+    # the predictor reads star tables with its own classes: the checkpoint's copy is rebuilt from its settings
+    with pytest.warns(FutureWarning, match="renamed `AstroFeatureExtractor`"):
+        predictor = AstroPredictor.from_pretrained(str(folder), device="cpu")
+    assert type(predictor.tokenizer) is AstroFeatureExtractor
+    reference = AstroPredictor(AstroForObservationPrediction.from_pretrained(folder), direct, device="cpu")
+    pd.testing.assert_frame_equal(predictor.predict(stars, ["m_h"]), reference.predict(stars, ["m_h"]))
+    with pytest.raises(TypeError, match="needs an AstroFeatureExtractor"):
+        AstroPredictor(reference.model, object())
 
     direct.save_pretrained(tmp_path / "resaved")
     resaved = json.loads((tmp_path / "resaved" / "preprocessor_config.json").read_text())
