@@ -41,6 +41,9 @@ MAX_REQUEST_TOKENS = 32768
 DEFAULT_BATCH_SIZE = {"cpu": 128, "cuda": 1024}
 #: Synthetic stars per timed pass of the `dtype="auto"` probe (a few seconds in all for the paper model on 2 cores).
 PROBE_STARS = 64
+#: The probe times at least this long per dtype (more passes for small models) and at most this many passes.
+PROBE_MIN_SECONDS = 0.5
+PROBE_MAX_REPEATS = 200
 XP_BANDS = ("bp", "rp")
 """Keys of `correlations=` in [`AstroPredictor.predict`]: the XP bands, whose coefficients are `bp0` ... `bp54`."""
 XP_CORRELATIONS_PER_BAND = XP_COEFFICIENTS_PER_BAND * (XP_COEFFICIENTS_PER_BAND - 1) // 2
@@ -204,7 +207,9 @@ class AstroPredictor:
     def _probe(self, dtype: torch.dtype, attn_implementation: str | None, repeats: int = 2) -> float:
         """
         Median seconds of this predictor's XP -> labels pass over one batch of synthetic stars in `dtype` (one
-        untimed warm-up first): the measurement behind `dtype="auto"`.
+        untimed warm-up first, then at least `repeats` timed passes and as many more as fit in
+        `PROBE_MIN_SECONDS`, up to `PROBE_MAX_REPEATS`, so that a small model's timing is not one noisy pass):
+        the measurement behind `dtype="auto"`.
         """
         names = self.model.config.observation_names
         inputs = [name for name in EVALUATION_INPUTS if name in names] or list(names)
@@ -215,12 +220,13 @@ class AstroPredictor:
         stars = {name: generator.normal(0.0, 0.1, num_stars).astype(np.float32) for name in inputs}
         self.dtype, self._compiled = dtype, None
         self._network = self._network_copy(attn_implementation)
+        self.predict(stars, request, progress=False)  # warm-up
         seconds = []
-        for _ in range(repeats + 1):
+        while len(seconds) < repeats or (sum(seconds) < PROBE_MIN_SECONDS and len(seconds) < PROBE_MAX_REPEATS):
             start = time.perf_counter()
             self.predict(stars, request, progress=False)
             seconds.append(time.perf_counter() - start)
-        return float(np.median(seconds[1:]))
+        return float(np.median(seconds))
 
     def _network_copy(self, attn_implementation: str | None) -> torch.nn.Module:
         """

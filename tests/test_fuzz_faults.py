@@ -261,7 +261,7 @@ def test_case14_catalogue_started_twice_on_one_folder_second_stops_with_clear_er
         f"""
         from modeling_astro.catalogue_inference import main
         main(["--model", "{model}", "--data", "{data}", "--out", "{out}", "--split", "test",
-              "--request", *{REQUEST!r}, "--rows-per-chunk", "10", "--batch-size", "4"])
+              "--request", *{REQUEST!r}, "--rows-per-chunk", "10", "--batch-size", "4", "--dtype", "float32"])
         """
     )
     first = subprocess.Popen(
@@ -273,7 +273,7 @@ def test_case14_catalogue_started_twice_on_one_folder_second_stops_with_clear_er
     assert first.poll() is None, first.communicate()[1][-3000:]
     second = subprocess.run(
         [sys.executable, "-m", "modeling_astro.catalogue_inference", "--model", str(model), "--data", str(data),
-         "--out", str(out), "--split", "test", "--request", *REQUEST],
+         "--out", str(out), "--split", "test", "--request", *REQUEST, "--dtype", "float32"],
         cwd=REPO, env=environment(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
