@@ -7,7 +7,8 @@ predictor's own forward pass (XP -> labels on a few hundred synthetic stars) in 
 bfloat16 only when it is at least `BF16_MIN_SPEEDUP` times faster (bf16 predictions differ from fp32 by ~1e-3 of
 a sigma, so a marginal gain is not worth it). The result is cached in `$XDG_CACHE_HOME/astro_kernels/fast_path.json`
 (default `~/.cache/astro_kernels`) under a key of the CPU model, its instruction-set flags, the torch version, the
-thread count and the model's shape, so a new machine, a new torch or another model measures again. On CUDA the
+thread count and the model's shape, so a new machine, a new torch or another model measures again; predictors
+that start together on one machine (Ray actors, `accelerate launch` processes) measure once, the others wait. On CUDA the
 rule is bf16 where the GPU supports it (`torch.cuda.is_bf16_supported()`), else fp32.
 """
 
@@ -70,6 +71,27 @@ def _read_cache(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _wait_for_other_measurements(path: Path) -> Any:
+    """
+    Block until no other process of this machine measures (`fcntl.flock` on `fast_path.json.lock`) and return the
+    open lock file (closing it releases the lock), or None where the cache folder cannot be written or there is no
+    flock. Predictors that start together (Ray actors, `accelerate launch` processes) then wait for the first
+    one's result instead of timing each other's load and choosing apart.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): measurements may overlap
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")
+    except OSError as error:  # a read-only home: measure anyway, the choice holds for this process
+        warnings.warn(f"Could not lock the fast-path cache {path} ({error}).", stacklevel=3)
+        return None
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle
+
+
 def choose_dtype(
     device: torch.device, model_shape: dict[str, Any], seconds_per_forward: Callable[[torch.dtype], float]
 ) -> tuple[torch.dtype, dict[str, Any]]:
@@ -91,9 +113,21 @@ def choose_dtype(
     if device.type != "cpu":
         return torch.float32, {"dtype": "float32", "reason": f"no measured path for {device.type}: float32"}
     path, key = cache_file(), cache_key(model_shape)
-    entry = _read_cache(path).get(key)
-    if isinstance(entry, dict) and entry.get("dtype") in DTYPE_NAMES:
-        return DTYPE_NAMES[entry["dtype"]], {**entry, "cached": True}
+    lock = _wait_for_other_measurements(path)
+    try:
+        entry = _read_cache(path).get(key)  # read under the lock: maybe measured while this process waited
+        if isinstance(entry, dict) and entry.get("dtype") in DTYPE_NAMES:
+            return DTYPE_NAMES[entry["dtype"]], {**entry, "cached": True}
+        return _measure_and_cache(path, key, seconds_per_forward)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _measure_and_cache(
+    path: Path, key: str, seconds_per_forward: Callable[[torch.dtype], float]
+) -> tuple[torch.dtype, dict[str, Any]]:
+    """Measure the forward pass in both dtypes, choose, and add the choice to the cache under `key`."""
     seconds = {name: seconds_per_forward(dtype) for name, dtype in DTYPE_NAMES.items()}
     speedup = seconds["float32"] / seconds["bfloat16"]
     name = "bfloat16" if speedup >= BF16_MIN_SPEEDUP else "float32"
@@ -109,5 +143,5 @@ def choose_dtype(
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({**_read_cache(path), key: record}, indent=1, sort_keys=True))
     except OSError as error:  # a read-only home: the choice still holds for this process
-        warnings.warn(f"Could not cache the fast-path choice in {path} ({error}).", stacklevel=2)
+        warnings.warn(f"Could not cache the fast-path choice in {path} ({error}).", stacklevel=3)
     return DTYPE_NAMES[name], {**record, "cached": False}

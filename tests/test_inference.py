@@ -1,6 +1,8 @@
 """Tests of the batched predictor `AstroPredictor` (modeling_astro/inference.py)."""
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import datasets
 import numpy as np
@@ -314,6 +316,27 @@ def test_auto_dtype_is_measured_once_per_machine_and_cached(predictor, tmp_path,
     assert len(calls) == 4
     explicit = AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype=torch.float32)
     assert explicit.dtype == torch.float32 and explicit.fast_path["reason"] == "given" and len(calls) == 4
+
+
+def test_auto_dtype_predictors_starting_together_measure_once(predictor, tmp_path, monkeypatch):
+    """Predictors created at once (Ray actors, accelerate processes) wait for one measurement and share it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    timings = fake_probe({torch.float32: 1.0, torch.bfloat16: 0.5}, calls)
+
+    def slow_probe(self, dtype, attn_implementation, repeats=2):
+        time.sleep(0.2)  # long enough for the other predictors to find no cached choice
+        return timings(self, dtype, attn_implementation, repeats)
+
+    monkeypatch.setattr(AstroPredictor, "_probe", slow_probe)
+    def start(_) -> AstroPredictor:
+        return AstroPredictor(predictor.model, predictor.tokenizer, device="cpu", dtype="auto")
+
+    with ThreadPoolExecutor(3) as pool:
+        made = list(pool.map(start, range(3)))
+    assert len(calls) == 2  # fp32 and bf16, once
+    assert [auto.dtype for auto in made] == [torch.bfloat16] * 3
+    assert sorted(auto.fast_path["cached"] for auto in made) == [False, True, True]
 
 
 def test_auto_dtype_keeps_float32_where_bf16_is_not_faster(predictor, tmp_path, monkeypatch):
