@@ -8,8 +8,8 @@ bfloat16 only when it is at least `BF16_MIN_SPEEDUP` times faster (bf16 predicti
 a sigma, so a marginal gain is not worth it). The result is cached in `$XDG_CACHE_HOME/astro_kernels/fast_path.json`
 (default `~/.cache/astro_kernels`) under a key of the CPU model, its instruction-set flags, the torch version, the
 thread count and the model's shape, so a new machine, a new torch or another model measures again; predictors
-that start together on one machine (Ray actors, `accelerate launch` processes) measure once, the others wait. On CUDA the
-rule is bf16 where the GPU supports it (`torch.cuda.is_bf16_supported()`), else fp32.
+that start together on one machine (Ray actors, `accelerate launch` processes) measure once, the others wait.
+On CUDA the rule is bf16 where the GPU supports it (`torch.cuda.is_bf16_supported()`), else fp32.
 """
 
 from __future__ import annotations
