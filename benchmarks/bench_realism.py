@@ -9,7 +9,11 @@ log g > 4, E(B-V) < 0.03; so not the population mix), and controls: (c) the matc
 features that still separate, matched medians of a few coefficients and n_relevant_bases, a PNG, and a
 JSON line last. Targets (issue 17): AUC <= 0.65 on (a), <= 0.75 on (b).
 
-Run: ``python benchmarks/bench_realism.py [--n-stars 20000] [--seed 0] [--xp-model hermite|ridge] [--plot realism.png]``
+The simulator is calibrated on half of the real stars (`dataset_builder.xp_calibration`); by default the
+comparison uses the other half only (``--real-stars held_out``).
+
+Run: ``python benchmarks/bench_realism.py [--n-stars 20000] [--seed 0] [--xp-model hermite|ridge] [--uncalibrated]
+[--real-stars held_out|calibration|all] [--plot realism.png]``
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset_builder.realism import (  # noqa: E402
+    calibration_half,
     feature_table,
     match_pairs,
     matched_classifier_auc,
@@ -81,14 +86,25 @@ def main() -> None:
     parser.add_argument("--xp-model", choices=("ridge", "hermite"), default="hermite")
     parser.add_argument("--real", type=Path, default=REAL_SAMPLE)
     parser.add_argument("--plot", type=Path, default=Path("outputs/realism.png"))
+    parser.add_argument(
+        "--uncalibrated", action="store_true", help="hermite without xp_calibration (the bare forward model: 'before')"
+    )
+    parser.add_argument(
+        "--real-stars",
+        choices=("held_out", "calibration", "all"),
+        default="held_out",
+        help="which real stars to compare with: the half the calibration has not seen (default), the other, or all",
+    )
     args = parser.parse_args()
     real = read_flat_real_sample(args.real)
+    if args.real_stars != "all":
+        in_calibration = calibration_half(real.source_id)
+        real = real.take(np.flatnonzero(in_calibration == (args.real_stars == "calibration")))
+    options = {"xp_model": args.xp_model, "calibrated": not args.uncalibrated}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        files = simulate_survey(Path(tmp) / "a", n_stars=args.n_stars, seed=args.seed, xp_model=args.xp_model)
-        other = simulate_survey(
-            Path(tmp) / "b", n_stars=args.n_stars, seed=args.seed + 1, progress=False, xp_model=args.xp_model
-        )
+        files = simulate_survey(Path(tmp) / "a", n_stars=args.n_stars, seed=args.seed, **options)
+        other = simulate_survey(Path(tmp) / "b", n_stars=args.n_stars, seed=args.seed + 1, progress=False, **options)
         simulate_s = time.perf_counter() - start
         simulated = read_xp_files(files.xp_files)
         simulated_other = read_xp_files(other.xp_files)
@@ -128,6 +144,8 @@ def main() -> None:
     summary = {
         "n_stars": args.n_stars,
         "seed": args.seed,
+        "calibrated": not args.uncalibrated,
+        "real_stars": f"{args.real_stars} ({len(real)})",
         "n_pairs": results["low_order"].n_pairs,
         "auc_low_order": round(results["low_order"].auc, 4),
         "auc_first_five": round(results["first_five"].auc, 4),

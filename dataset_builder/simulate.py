@@ -41,6 +41,7 @@ from .physics import (
 )
 from .populations import HOT_STAR_FRACTION, StarSample, sample_stars
 from .schema import XP_LENGTH
+from .xp_calibration import colour_and_log_sn, shipped_calibration
 from .xp_forward import XPForwardModel
 from .xp_projection import XPProjector
 
@@ -49,7 +50,8 @@ BASIS_FUNCTION_ID = {"bp": 56, "rp": 57}
 N_CORRELATIONS = XP_LENGTH * (XP_LENGTH - 1) // 2
 XP_MODELS: tuple[str, ...] = ("ridge", "hermite")
 """``ridge``: ridge projection of the flux onto GaiaXPy's calibrated bases, G-tied errors, no correlations
-(simulator v1); ``hermite``: the instrument's forward model (`xp_forward`), DR3 errors, correlated noise,
+(simulator v1); ``hermite``: the instrument's forward model (`xp_forward`) calibrated to real DR3 spectra
+(`xp_calibration`: means, spreads and error profiles at matched colour and S/N), DR3 error law, correlated noise,
 the archive's n_relevant_bases (`xp_errors`) and hot OBA stars."""
 TWOMASS_SENTINEL = 99.999
 ASPCAP_M_H_BAD = 1 << 19
@@ -314,6 +316,7 @@ def simulate_survey(
     progress: bool = True,
     xp_model: str = "ridge",
     hot_star_fraction: float | None = None,
+    calibrated: bool = True,
 ) -> SimulatedSurveyFiles:
     """Simulate a cross-survey catalogue and write it to ``out_dir`` (created atomically).
 
@@ -328,6 +331,8 @@ def simulate_survey(
             correlations and n_relevant_bases); see `XP_MODELS`.
         hot_star_fraction: fraction of XP-only stars that are hot OBA dwarfs; default 0 for ``ridge``,
             `populations.HOT_STAR_FRACTION` for ``hermite``.
+        calibrated: for ``hermite``, map the forward model's coefficients and error profiles onto real DR3
+            (`xp_calibration`; default); ``False`` gives the bare forward model with the median error profile.
 
     Returns:
         SimulatedSurveyFiles with the paths of the XP files, gaia_source, allStar and truth table.
@@ -354,11 +359,21 @@ def simulate_survey(
     gaia = _gaia_source(rng, sample, obs, source_id)
     g_flux = 10 ** ((G_FLUX_ZERO_POINT - obs["mag_G"]) / 2.5)
     coefficients, errors, missing, correlations, relevant = {}, {}, {}, {}, {}
+    if xp_model == "hermite":
+        clean = {band: obs[f"{band}_coefficients"] for band in ("bp", "rp")}
+        sigma0 = {band: xp_errors.sigma0(rng, band, clean[band][:, 0]) for band in clean}
+        if calibrated:
+            calibration = shipped_calibration()
+            clean = calibration.apply(clean, sigma0["bp"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                profiles = calibration.error_profiles(rng, *colour_and_log_sn(clean, sigma0["bp"]))
+        else:
+            profiles = {band: xp_errors.median_profiles(rng, band, len(clean[band])) for band in clean}
     for band in ("bp", "rp"):
         if xp_model == "hermite":
-            errors[band] = xp_errors.dr3_errors(rng, band, obs[f"{band}_coefficients"][:, 0])
+            errors[band] = sigma0[band][:, None] * profiles[band]
             noise, correlations[band] = xp_errors.correlated_noise(rng, band, errors[band])
-            coefficients[band] = obs[f"{band}_coefficients"] + noise
+            coefficients[band] = clean[band] + noise
             relevant[band] = xp_errors.n_relevant_bases(coefficients[band], errors[band])
         else:
             errors[band] = _xp_errors(rng, obs[f"{band}_coefficients"], g_flux)

@@ -68,16 +68,28 @@ def error_profile(band: str) -> np.ndarray:
     return np.interp(np.arange(XP_LENGTH), np.arange(0, 51, 5), ERROR_PROFILE[band])
 
 
-def dr3_errors(rng: np.random.Generator, band: str, c0: np.ndarray) -> np.ndarray:
-    """Coefficient errors [e-/s] (n, 55) of stars whose noise-free 0th coefficient is ``c0`` (n,) [e-/s].
+def sigma0(rng: np.random.Generator, band: str, c0: np.ndarray) -> np.ndarray:
+    """Error [e-/s] (n,) of the 0th coefficient of stars whose noise-free 0th coefficient is ``c0`` (n,) [e-/s].
 
-    A per-star log-normal scatter (0.1) models the number of transits; a per-coefficient one (0.08) the
-    star-to-star variation of the profile.
+    `ERROR_LAW`, with a per-star log-normal scatter (0.1) for the number of transits.
     """
     k, floor = ERROR_LAW[band]
     c0 = np.clip(np.asarray(c0, dtype=np.float64), 1e-3, None)
-    sigma0 = np.sqrt(k**2 * c0 + (floor * c0) ** 2) * np.exp(rng.normal(0, 0.1, c0.shape))
-    return sigma0[:, None] * error_profile(band)[None, :] * np.exp(rng.normal(0, 0.08, (len(c0), XP_LENGTH)))
+    return np.sqrt(k**2 * c0 + (floor * c0) ** 2) * np.exp(rng.normal(0, 0.1, c0.shape))
+
+
+def median_profiles(rng: np.random.Generator, band: str, n: int) -> np.ndarray:
+    """sigma_i / sigma_0 (n, 55): the median index profile with a per-coefficient log-normal scatter (0.08)
+    for the star-to-star variation. (The calibrated simulator draws whole real profiles instead:
+    `xp_calibration.XPCalibration.error_profiles`.)"""
+    return error_profile(band)[None, :] * np.exp(rng.normal(0, 0.08, (n, XP_LENGTH)))
+
+
+def dr3_errors(rng: np.random.Generator, band: str, c0: np.ndarray) -> np.ndarray:
+    """Coefficient errors [e-/s] (n, 55) of stars whose noise-free 0th coefficient is ``c0`` (n,) [e-/s]:
+    `sigma0` times `median_profiles`."""
+    sigma = sigma0(rng, band, c0)
+    return sigma[:, None] * median_profiles(rng, band, len(sigma))
 
 
 def correlated_noise(rng: np.random.Generator, band: str, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
