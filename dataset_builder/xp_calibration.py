@@ -43,11 +43,16 @@ import numpy as np
 from .schema import XP_LENGTH
 
 BANDS = ("bp", "rp")
-KNOT_STEP = 0.025
+KNOT_STEP = 0.0125
 KNOTS = np.round(np.arange(-1.0, 0.25 + KNOT_STEP / 2, KNOT_STEP), 6)
 """Colour knots x = log10(bp0 / rp0) of the calibration (real DR3 stars span about -0.7 to 0.1)."""
-BANDWIDTH = 0.04
-"""Gaussian kernel width [dex in bp0 / rp0] of the local fits."""
+BANDWIDTHS = (0.02, 0.03, 0.045, 0.07, 0.1)
+"""Gaussian kernel widths [dex in bp0 / rp0] of the local fits: at each knot the narrowest that holds
+`MIN_SUPPORT` real stars (narrow where the real sample is dense, wider in its red tail)."""
+LOG_SN_BINS = (-2.9, -2.35)
+"""log10(err(bp0) / bp0) centres of the residual maps (bright, faint); interpolated linearly between them."""
+LOG_SN_BIN_WIDTH = 0.25
+"""Gaussian width [dex] of the S/N weights of each residual map."""
 LOG_SN_RANGE = (-3.4, -1.9)
 """log10(err(bp0) / bp0) range of the S/N terms (G ~ 10-19); values beyond are clipped."""
 LOG_SN_REFERENCE = -2.7
@@ -74,9 +79,38 @@ def colour_and_log_sn(coefficients: dict[str, np.ndarray], bp_sigma0: np.ndarray
     return np.log10(bp0 / rp0), np.log10(np.asarray(bp_sigma0) / bp0)
 
 
-def _kernel(colour: np.ndarray, knot: float) -> np.ndarray:
-    weight = np.exp(-0.5 * ((colour - knot) / BANDWIDTH) ** 2)
+def _kernel(colour: np.ndarray, knot: float, width: float) -> np.ndarray:
+    weight = np.exp(-0.5 * ((colour - knot) / width) ** 2)
     return weight / max(weight.sum(), 1e-300)
+
+
+def _effective_number(weight: np.ndarray) -> float:
+    return float(weight.sum() ** 2 / max((weight**2).sum(), 1e-300))
+
+
+def knot_bandwidths(real_colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per knot, the narrowest of `BANDWIDTHS` holding `MIN_SUPPORT` real stars, and whether any does (0/1)."""
+    widths, support = [], []
+    for knot in KNOTS:
+        counts = [_effective_number(np.exp(-0.5 * ((real_colour - knot) / w) ** 2)) for w in BANDWIDTHS]
+        enough = [w for w, n in zip(BANDWIDTHS, counts) if n >= MIN_SUPPORT]
+        widths.append(enough[0] if enough else BANDWIDTHS[-1])
+        support.append(1.0 if enough else 0.0)
+    return np.asarray(widths), np.asarray(support)
+
+
+def _sn_weights(log_sn: np.ndarray) -> np.ndarray:
+    """(n, n_bins) linear-interpolation weights of each star's log S/N between `LOG_SN_BINS` (clamped)."""
+    centres = np.asarray(LOG_SN_BINS)
+    if len(centres) == 1:
+        return np.ones((len(log_sn), 1))
+    position = np.interp(log_sn, centres, np.arange(len(centres)))
+    left = np.clip(np.floor(position).astype(int), 0, len(centres) - 2)
+    t = position - left
+    weights = np.zeros((len(log_sn), len(centres)))
+    weights[np.arange(len(log_sn)), left] = 1 - t
+    weights[np.arange(len(log_sn)), left + 1] += t
+    return weights
 
 
 def _sn_terms(log_sn: np.ndarray) -> np.ndarray:
@@ -84,13 +118,15 @@ def _sn_terms(log_sn: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(d), d, d * d], axis=1)
 
 
-def _mean_surface(colour: np.ndarray, log_sn: np.ndarray, values: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+def _mean_surface(
+    colour: np.ndarray, log_sn: np.ndarray, values: np.ndarray, noise: np.ndarray | None, widths: np.ndarray
+) -> np.ndarray:
     """(n_knots, 3, k): per knot, the constant, linear and quadratic S/N terms of the local-linear mean."""
     sn = _sn_terms(log_sn)
     out = np.zeros((len(KNOTS), 3, values.shape[1]))
     for k, knot in enumerate(KNOTS):
         design = np.concatenate([sn[:, :1], (colour - knot)[:, None], sn[:, 1:]], axis=1)  # 1, dx, ds, ds^2
-        kernel = _kernel(colour, knot)
+        kernel = _kernel(colour, knot, widths[k])
         if noise is None:  # one weighted least-squares problem for all columns
             gram = (design * kernel[:, None]).T @ design
             gram += 1e-9 * np.trace(gram) * np.eye(4)
@@ -137,9 +173,9 @@ class XPCalibration:
     simulated_mean: np.ndarray
     """(n_knots, 3, 108) mean surface of the noise-free simulated ratios."""
     low_maps: np.ndarray
-    """(n_knots, 2 LOW_ORDERS, 2 LOW_ORDERS) transport maps of the low-order residuals."""
+    """(n_knots, n_sn_bins, 2 LOW_ORDERS, 2 LOW_ORDERS) transport maps of the low-order residuals."""
     high_scale: np.ndarray
-    """(n_knots, 108 - 2 LOW_ORDERS) scale of the higher-order residuals."""
+    """(n_knots, n_sn_bins, 108 - 2 LOW_ORDERS) scale of the higher-order residuals."""
     support: np.ndarray
     """(n_knots,) 1 where the real sample calibrates the knot, 0 where the forward model is kept."""
     profile_keys: np.ndarray
@@ -186,8 +222,11 @@ class XPCalibration:
         residual = r - self._mean(self.simulated_mean, weights, log_sn)
         low, high = self.columns()
         mapped = self._mean(self.real_mean, weights, log_sn)
-        mapped[:, low] += np.einsum("nk,kij,nj->ni", weights, self.low_maps, residual[:, low])
-        mapped[:, high] += (weights @ self.high_scale) * residual[:, high]
+        sn_weights = _sn_weights(log_sn)
+        cell = (weights[:, :, None] * sn_weights[:, None, :]).reshape(len(r), -1)  # (n, knots x bins), 4 non-zero
+        maps = (cell @ self.low_maps.reshape(cell.shape[1], -1)).reshape(len(r), len(low), len(low))
+        mapped[:, low] += np.einsum("nij,nj->ni", maps, residual[:, low])
+        mapped[:, high] += (cell @ self.high_scale.reshape(cell.shape[1], -1)) * residual[:, high]
         r = support[:, None] * mapped + (1 - support[:, None]) * r
         for b, band in enumerate(BANDS):
             span = slice(b * (XP_LENGTH - 1), (b + 1) * (XP_LENGTH - 1))
@@ -208,6 +247,7 @@ class XPCalibration:
         from modeling_astro.io_utils import atomic_path
 
         arrays = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        arrays["low_maps"] = arrays["low_maps"].astype(np.float32)  # halves the shipped file; maps need no more
         with atomic_path(path) as temporary, open(temporary, "wb") as file:  # a handle: savez adds no suffix
             np.savez_compressed(file, knots=KNOTS, **arrays)
 
@@ -223,51 +263,64 @@ def fit_calibration(
     colour_s, sn_s = colour_and_log_sn(simulated_coefficients, simulated_bp_sigma0)
     r_real, r_sim = ratios(real_coefficients), ratios(simulated_coefficients)
     noise = np.concatenate([real_errors[band][:, 1:] / real_coefficients[band][:, :1] for band in BANDS], axis=1)
-    real_mean = _mean_surface(colour_r, sn_r, r_real, noise)
-    simulated_mean = _mean_surface(colour_s, sn_s, r_sim, None)
+    widths, support = knot_bandwidths(colour_r)
+    real_mean = _mean_surface(colour_r, sn_r, r_real, noise, widths)
+    simulated_mean = _mean_surface(colour_s, sn_s, r_sim, None, widths)
     partial = XPCalibration(real_mean, simulated_mean, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     residual_r = r_real - partial._mean(real_mean, partial._knot_weights(np.clip(colour_r, KNOTS[0], KNOTS[-1])), sn_r)
     residual_s = r_sim - partial._mean(
         simulated_mean, partial._knot_weights(np.clip(colour_s, KNOTS[0], KNOTS[-1])), sn_s
     )
     low, high = XPCalibration.columns()
-    maps, scales, support = [], [], []
-    for knot in KNOTS:
-        kernel_r, kernel_s = _kernel(colour_r, knot), _kernel(colour_s, knot)
-        raw = np.exp(-0.5 * ((colour_r - knot) / BANDWIDTH) ** 2)
-        support.append(float(raw.sum() ** 2 / max((raw**2).sum(), 1e-300) >= MIN_SUPPORT))
-        maps.append(
-            _transport_map(
+    maps, scales = np.zeros((len(KNOTS), len(LOG_SN_BINS), len(low), len(low))), []
+    scales = np.zeros((len(KNOTS), len(LOG_SN_BINS), len(high)))
+    for k, knot in enumerate(KNOTS):
+        for b, centre in enumerate(LOG_SN_BINS):
+            kernel_r, kernel_s = (
+                _kernel(colour, knot, widths[k]) * np.exp(-0.5 * ((sn - centre) / LOG_SN_BIN_WIDTH) ** 2)
+                for colour, sn in ((colour_r, sn_r), (colour_s, sn_s))
+            )
+            kernel_r, kernel_s = kernel_r / max(kernel_r.sum(), 1e-300), kernel_s / max(kernel_s.sum(), 1e-300)
+            maps[k, b] = _transport_map(
                 _covariance(kernel_s, residual_s[:, low], None),
                 _covariance(kernel_r, residual_r[:, low], noise[:, low]),
             )
-        )
-        spread_s = np.sqrt(kernel_s @ residual_s[:, high] ** 2)
-        spread_r = np.sqrt(np.clip(kernel_r @ residual_r[:, high] ** 2 - kernel_r @ noise[:, high] ** 2, 0, None))
-        scales.append(np.clip(spread_r / np.maximum(spread_s, 1e-12), 0.0, 1.0))
+            spread_s = np.sqrt(kernel_s @ residual_s[:, high] ** 2)
+            spread_r = np.sqrt(np.clip(kernel_r @ residual_r[:, high] ** 2 - kernel_r @ noise[:, high] ** 2, 0, None))
+            scales[k, b] = np.clip(spread_r / np.maximum(spread_s, 1e-12), 0.0, 1.0)
     profiles = np.stack([real_errors[band] / real_errors[band][:, :1] for band in BANDS], axis=1).astype(np.float32)
     return XPCalibration(
         real_mean=real_mean,
         simulated_mean=simulated_mean,
-        low_maps=np.stack(maps),
-        high_scale=np.stack(scales),
-        support=np.asarray(support),
+        low_maps=maps,
+        high_scale=scales,
+        support=support,
         profile_keys=np.stack([colour_r, sn_r], axis=1),
         profiles=profiles,
     )
 
 
+def load_calibration(path: str | Path) -> XPCalibration:
+    """A calibration written by `XPCalibration.save`; refused if it was fitted on other colour knots."""
+    with np.load(path) as data:
+        if data["knots"].shape != KNOTS.shape or not np.allclose(data["knots"], KNOTS):
+            raise ValueError(
+                f"{path} was fitted on other colour knots than this code uses; "
+                "refit it: python -m dataset_builder.xp_calibration --real <real_xp_sample fits>"
+            )
+        return XPCalibration(
+            **{
+                name: data[name].astype(np.float64) for name in XPCalibration.__dataclass_fields__ if name != "profiles"
+            },
+            profiles=data["profiles"],
+        )
+
+
 @cache
 def shipped_calibration() -> XPCalibration:
     """The calibration shipped with the package (``dataset_builder/data/xp_calibration.npz``)."""
-    path = resources.files("dataset_builder") / "data" / CALIBRATION_FILE
-    with resources.as_file(path) as file, np.load(file) as data:
-        if not np.allclose(data["knots"], KNOTS):
-            raise ValueError(
-                f"{CALIBRATION_FILE} was fitted on other colour knots than this code uses; "
-                "refit it: python -m dataset_builder.xp_calibration --real <real_xp_sample fits>"
-            )
-        return XPCalibration(**{name: data[name] for name in XPCalibration.__dataclass_fields__})
+    with resources.as_file(resources.files("dataset_builder") / "data" / CALIBRATION_FILE) as path:
+        return load_calibration(path)
 
 
 def noise_free_simulation(n_stars: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -86,7 +86,7 @@ def test_n_relevant_bases_like_the_archive(samples):
 def test_high_orders_are_noise_like_real(samples):
     """For i >= 10 the median |c_i| / sigma_i is ~0.7 in real DR3 (noise); the simulation must stay below 1.5.
 
-    Measured (3,000 stars, seed 5, 457 pairs; BP / RP): real 0.70 / 0.69, simulated 0.74 / 0.75 (uncalibrated
+    Measured (3,000 stars, seed 5, 457 pairs; BP / RP): real 0.70 / 0.69, simulated 0.74 / 0.74 (uncalibrated
     forward model 1.09 / 1.09; the bare instrument model gave 4.8 / 5.1 at i = 10-20).
     """
     for band in ("bp", "rp"):
@@ -95,19 +95,23 @@ def test_high_orders_are_noise_like_real(samples):
             assert np.median(z) < 1.5, (band, np.median(z))
 
 
-def test_matched_classifier_cannot_tell_coefficients_1_to_5(unmatched):
-    """Pair-grouped 5-fold XGBoost AUC on bp_i/bp0, rp_i/rp0 (i = 1-5) + colour, held-out real stars.
+@pytest.mark.parametrize(("feature_set", "limit"), [("low_order", 0.72), ("all", 0.80)])
+def test_matched_classifier_cannot_tell_them_apart(unmatched, feature_set, limit):
+    """Pair-grouped 5-fold XGBoost AUC, simulated vs held-out real: coefficients 1-10 + colour ('low_order') and
+    all coefficients + errors ('all'). Issue 17's targets at full size are <= 0.65 / <= 0.75.
 
-    Measured (3,000 stars, seed 5): 0.70 calibrated, 0.9998 uncalibrated; at 20,000 stars
-    (benchmarks/bench_realism.py) 0.67. The limit leaves room for the smaller sample's noise.
+    Measured (3,000 stars, seed 5, 457 pairs): 0.642 / 0.655 calibrated, 0.99998 / 0.99999 uncalibrated;
+    at 20,000 stars (benchmarks/bench_realism.py, seeds 0-2) 0.601-0.623 / 0.631-0.680. The limits leave
+    about 4 standard errors of the smaller sample above the measured values.
     """
     real, simulated = unmatched
-    result = matched_classifier_auc(real, simulated, "first_five")
+    result = matched_classifier_auc(real, simulated, feature_set)
     assert result.n_pairs > 300
-    assert result.auc < 0.8, (result.auc, result.importances[:5])
+    assert result.auc < limit, (result.auc, result.importances[:5])
 
 
 def test_calibration_is_what_makes_it_realistic(tmp_path, held_out_real):
-    """The same population without `xp_calibration` is told apart almost perfectly (so the test above can fail)."""
+    """The same population without `xp_calibration` is told apart almost perfectly (so the test above can fail):
+    measured 0.9997 on coefficients 1-5."""
     bare = _simulate(tmp_path / "bare", calibrated=False)
     assert matched_classifier_auc(held_out_real, bare, "first_five").auc > 0.95
