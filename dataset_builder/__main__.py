@@ -31,7 +31,9 @@ def _build(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from .simulate import simulate_survey  # written separately; imported only when asked for
 
-    simulate_survey(out_dir=args.out, n_stars=args.n_stars, seed=args.seed)
+    simulate_survey(
+        out_dir=args.out, n_stars=args.n_stars, seed=args.seed, xp_model=args.xp_model, calibrated=not args.uncalibrated
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,13 @@ def make_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", type=Path, required=True, help="output folder for the simulated files")
     simulate.add_argument("--n-stars", type=int, default=50_000)
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--xp-model",
+        choices=("ridge", "hermite"),
+        default="ridge",
+        help="ridge: simulator v1 (the default dataset); hermite: the instrument forward model calibrated to real DR3",
+    )
+    simulate.add_argument("--uncalibrated", action="store_true", help="hermite without the calibration to real DR3")
     simulate.set_defaults(handler=_simulate)
     return parser
 

@@ -42,10 +42,7 @@ def catalogue(survey):
     assert np.array_equal(ids, gaia["source_id"].to_numpy()) and np.array_equal(ids, truth["source_id"])
     for band in ("bp", "rp"):
         first = np.concatenate(
-            [
-                [row[:N_FIRST] if len(row) else np.full(N_FIRST, np.nan) for row in t[f"{band}_coefficients"]]
-                for t in xp
-            ]
+            [[row[:N_FIRST] if len(row) else np.full(N_FIRST, np.nan) for row in t[f"{band}_coefficients"]] for t in xp]
         )
         for i in range(N_FIRST):
             gaia[f"{band}{i}"] = first[:, i]
@@ -209,3 +206,26 @@ def test_default_dataset_is_built_once_and_reused(tmp_path):
     assert default_dataset(cache_dir=tmp_path, n_stars=400, seed=1) == path
     assert (path / "README.md").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_command_line_simulates_the_calibrated_hermite_survey(tmp_path):
+    """`python -m dataset_builder simulate --xp-model hermite`: XP files with the archive's correlation columns,
+    and the calibration applied (the same seed without it gives other coefficients but the same c0)."""
+    from dataset_builder.__main__ import main
+    from dataset_builder.realism import read_xp_files
+
+    common = ["simulate", "--n-stars", "300", "--seed", "4", "--xp-model", "hermite"]
+    assert main([*common, "--out", str(tmp_path / "calibrated")]) == 0
+    assert main([*common, "--uncalibrated", "--out", str(tmp_path / "bare")]) == 0
+    calibrated, bare = (
+        read_xp_files(sorted((tmp_path / name).glob("xp_continuous/*"))) for name in ("calibrated", "bare")
+    )
+    columns = fits.getdata(sorted((tmp_path / "calibrated").glob("xp_continuous/*"))[0]).columns.names
+    assert "bp_coefficient_correlations" in columns and "rp_coefficient_correlations" in columns
+    assert len(calibrated) > 250
+    _, rows_calibrated, rows_bare = np.intersect1d(calibrated.source_id, bare.source_id, return_indices=True)
+    ratio = {
+        name: sample.coefficients["bp"][rows, 3] / sample.coefficients["bp"][rows, 0]
+        for name, sample, rows in (("calibrated", calibrated, rows_calibrated), ("bare", bare, rows_bare))
+    }
+    assert np.median(np.abs(ratio["calibrated"] - ratio["bare"])) > 0.002  # bp3/bp0 moves by ~0.01 of c0
