@@ -5,7 +5,8 @@ paper's inputs (bp0-29 and rp0-29 / f_G, BP-RP, J-H, J-K), early stopping on the
 MAD-std of the residuals on the test split, against the real APOGEE x Gaia XP figures
 (50.7 K / 0.13 dex / 0.08 dex). The survey is a fair stand-in when each ratio is within 1.5.
 
-Run: ``python benchmarks/bench_simulate.py [--n-stars 50000] [--seed 0]``; the last line printed
+Run: ``python benchmarks/bench_simulate.py [--n-stars 50000] [--seed 0] [--xp-model ridge|hermite] [--keep DIR]``;
+the last line printed
 is one JSON object.
 """
 
@@ -45,10 +46,7 @@ def xgboost_baseline(dataset_dir: Path, seed: int = 0) -> dict[str, dict[str, fl
     frames = {name: splits[name].to_pandas() for name in ("train", "validation", "test")}
     results: dict[str, dict[str, float]] = {}
     for label in REAL_DATA_MAD_STD:
-        rows = {
-            name: frame[np.isfinite(frame[label]) & np.isfinite(frame["bp0"])]
-            for name, frame in frames.items()
-        }
+        rows = {name: frame[np.isfinite(frame[label]) & np.isfinite(frame["bp0"])] for name, frame in frames.items()}
         params = {
             "eta": 0.05,
             "max_depth": 7,
@@ -83,14 +81,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-stars", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--xp-model", choices=("ridge", "hermite"), default="ridge", help="see simulate.XP_MODELS")
+    parser.add_argument("--keep", type=Path, help="write the raw files and the dataset here (to train on it)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
         start = time.perf_counter()
-        files = simulate_survey(Path(tmp) / "raw", n_stars=args.n_stars, seed=args.seed)
+        files = simulate_survey(Path(tmp) / "raw", n_stars=args.n_stars, seed=args.seed, xp_model=args.xp_model)
         simulate_s = time.perf_counter() - start
-        build_dataset(
-            files.xp_files, files.gaia_source, files.allstar, Path(tmp) / "dataset", extra=[files.truth]
-        )
+        build_dataset(files.xp_files, files.gaia_source, files.allstar, Path(tmp) / "dataset", extra=[files.truth])
         total_s = time.perf_counter() - start
         baseline = xgboost_baseline(Path(tmp) / "dataset", seed=args.seed)
     for label, figures in baseline.items():
@@ -99,6 +98,7 @@ def main() -> None:
     summary = {
         "n_stars": args.n_stars,
         "seed": args.seed,
+        "xp_model": args.xp_model,
         "simulate_s": round(simulate_s, 2),
         "simulate_and_build_s": round(total_s, 2),
         "xgboost_mad_std": {label: round(f["mad_std_vs_label"], 4) for label, f in baseline.items()},
