@@ -95,12 +95,9 @@ def coverage(table: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
 
 
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
+    from modeling_astro.tasks.plotting import new_figure, save_figure  # Agg, and LaTeX off (gaiaxpy turns it on)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, (axis,) = new_figure(width=6, height=3.5)
     width = 0.8 / len(results)
     for k, (mode, values) in enumerate(results.items()):
         axis.bar(np.arange(len(LABELS)) + k * width, [values[label] for label in LABELS], width, label=mode)
@@ -110,7 +107,7 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
     axis.set_ylim(0.4, 1.0)
     axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
 
 
 def main() -> None:

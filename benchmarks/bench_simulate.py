@@ -82,12 +82,19 @@ def main() -> None:
     parser.add_argument("--n-stars", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--xp-model", choices=("ridge", "hermite"), default="ridge", help="see simulate.XP_MODELS")
+    parser.add_argument("--uncalibrated", action="store_true", help="hermite without xp_calibration")
     parser.add_argument("--keep", type=Path, help="write the raw files and the dataset here (to train on it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or Path(scratch)
         start = time.perf_counter()
-        files = simulate_survey(Path(tmp) / "raw", n_stars=args.n_stars, seed=args.seed, xp_model=args.xp_model)
+        files = simulate_survey(
+            Path(tmp) / "raw",
+            n_stars=args.n_stars,
+            seed=args.seed,
+            xp_model=args.xp_model,
+            calibrated=not args.uncalibrated,
+        )
         simulate_s = time.perf_counter() - start
         build_dataset(files.xp_files, files.gaia_source, files.allstar, Path(tmp) / "dataset", extra=[files.truth])
         total_s = time.perf_counter() - start
@@ -99,6 +106,7 @@ def main() -> None:
         "n_stars": args.n_stars,
         "seed": args.seed,
         "xp_model": args.xp_model,
+        "calibrated": not args.uncalibrated,
         "simulate_s": round(simulate_s, 2),
         "simulate_and_build_s": round(total_s, 2),
         "xgboost_mad_std": {label: round(f["mad_std_vs_label"], 4) for label, f in baseline.items()},
