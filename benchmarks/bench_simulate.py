@@ -5,9 +5,8 @@ paper's inputs (bp0-29 and rp0-29 / f_G, BP-RP, J-H, J-K), early stopping on the
 MAD-std of the residuals on the test split, against the real APOGEE x Gaia XP figures
 (50.7 K / 0.13 dex / 0.08 dex). The survey is a fair stand-in when each ratio is within 1.5.
 
-Run: ``python benchmarks/bench_simulate.py [--n-stars 50000] [--seed 0] [--xp-model ridge|hermite] [--keep DIR]``;
-the last line printed
-is one JSON object.
+Run: ``python benchmarks/bench_simulate.py [--n-stars 50000] [--seed 0] [--xp-model ridge|hermite] [--uncalibrated]
+[--keep DIR]``; the last line printed is one JSON object.
 """
 
 from __future__ import annotations

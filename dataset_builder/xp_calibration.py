@@ -12,16 +12,18 @@ ROC AUC 1.000 on coefficients 1-5 alone, for two reasons measured on the real sa
 This module measures both on real DR3 spectra and maps the simulation onto them, star by star:
 
 - **means**: the ratios r_i = c_i / c0 (i = 1..54, both bands) as a smooth function of colour
-  x = log10(bp0 / rp0) and S/N s = log10(err(bp0) / bp0): a local-linear fit in x (Gaussian kernel of
-  `BANDWIDTH` dex, knots every `KNOT_STEP`) with a quadratic in s; for the real stars with inverse-variance
-  weights (floor `MEAN_FLOOR`), for the noise-free simulation unweighted;
+  x = log10(bp0 / rp0) and S/N s = log10(err(bp0) / bp0): a local-linear fit in x (knots every
+  `KNOT_STEP`; at each the narrowest Gaussian kernel of `BANDWIDTHS` holding `MIN_SUPPORT` real stars)
+  with a quadratic in s; for the real stars with inverse-variance weights (floor `MEAN_FLOOR`), for the
+  noise-free simulation unweighted;
 - **residuals** about those means: for i <= `LOW_ORDERS` (both bands jointly) the optimal-transport map between
-  Gaussian fits of the simulated and the real (noise subtracted) residual distributions at each knot,
-  ``A = S^-1/2 (S^1/2 R S^1/2)^1/2 S^-1/2``; for higher i a per-coefficient scale (at most 1, so the simulated
-  structure only shrinks towards the real, noise-dominated level). A simulated star keeps its rank in the
-  distribution, set by its physics (Teff, log g, [M/H], extinction), and the distribution takes the real one's
-  first two moments. Where the real sample has no stars of a colour (hot OBA stars, very red giants), the
-  simulation is left as the forward model made it (`support` blends between the two);
+  Gaussian fits of the simulated and the real (noise subtracted) residual distributions at each knot and each
+  of the `LOG_SN_BINS`, ``A = S^-1/2 (S^1/2 R S^1/2)^1/2 S^-1/2``; for higher i a per-coefficient scale (at
+  most 1, so the simulated structure only shrinks towards the real, noise-dominated level). A simulated star
+  keeps its rank in the distribution, set by its physics (Teff, log g, [M/H], extinction), and the
+  distribution takes the real one's first two moments. Where the real sample has no stars of a colour (hot
+  OBA stars, very red giants), the simulation is left as the forward model made it (`support` blends between
+  the two);
 - **error profiles**: each simulated star gets the err_i / err_0 profile (both bands) of one of the
   `NEIGHBOURS` real stars nearest in (colour, S/N); err_0 itself is `xp_errors.sigma0`.
 
@@ -99,18 +101,24 @@ def knot_bandwidths(real_colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(widths), np.asarray(support)
 
 
-def _sn_weights(log_sn: np.ndarray) -> np.ndarray:
-    """(n, n_bins) linear-interpolation weights of each star's log S/N between `LOG_SN_BINS` (clamped)."""
-    centres = np.asarray(LOG_SN_BINS)
+def _interpolation_weights(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n, n_centres) weights of linear interpolation between sorted ``centres``, clamped at both ends."""
+    centres = np.asarray(centres)
     if len(centres) == 1:
-        return np.ones((len(log_sn), 1))
-    position = np.interp(log_sn, centres, np.arange(len(centres)))
+        return np.ones((len(values), 1))
+    position = np.interp(values, centres, np.arange(len(centres)))  # np.interp clamps outside the centres
     left = np.clip(np.floor(position).astype(int), 0, len(centres) - 2)
     t = position - left
-    weights = np.zeros((len(log_sn), len(centres)))
-    weights[np.arange(len(log_sn)), left] = 1 - t
-    weights[np.arange(len(log_sn)), left + 1] += t
+    weights = np.zeros((len(values), len(centres)))
+    weights[np.arange(len(values)), left] = 1 - t
+    weights[np.arange(len(values)), left + 1] += t
     return weights
+
+
+def _mean_at(surface: np.ndarray, knot_weights: np.ndarray, log_sn: np.ndarray) -> np.ndarray:
+    """(n, k): a mean surface (n_knots, 3, k) at each star's colour (its knot weights) and log S/N."""
+    per_term = np.einsum("nk,ktj->ntj", knot_weights, surface)
+    return np.einsum("ntj,nt->nj", per_term, _sn_terms(log_sn))
 
 
 def _sn_terms(log_sn: np.ndarray) -> np.ndarray:
@@ -189,20 +197,6 @@ class XPCalibration:
         low = np.concatenate([np.arange(LOW_ORDERS), (XP_LENGTH - 1) + np.arange(LOW_ORDERS)])
         return low, np.setdiff1d(np.arange(2 * (XP_LENGTH - 1)), low)
 
-    def _knot_weights(self, colour: np.ndarray) -> np.ndarray:
-        """(n, n_knots) linear-interpolation weights of each star's colour between knots."""
-        position = np.interp(colour, KNOTS, np.arange(len(KNOTS)))
-        left = np.clip(np.floor(position).astype(int), 0, len(KNOTS) - 2)
-        t = position - left
-        weights = np.zeros((len(colour), len(KNOTS)))
-        weights[np.arange(len(colour)), left] = 1 - t
-        weights[np.arange(len(colour)), left + 1] += t
-        return weights
-
-    def _mean(self, surface: np.ndarray, weights: np.ndarray, log_sn: np.ndarray) -> np.ndarray:
-        per_term = np.einsum("nk,ktj->ntj", weights, surface)
-        return np.einsum("ntj,nt->nj", per_term, _sn_terms(log_sn))
-
     def apply(self, coefficients: dict[str, np.ndarray], bp_sigma0: np.ndarray) -> dict[str, np.ndarray]:
         """Calibrated noise-free coefficients {band: (n, 55)} [e-/s]; c0 is unchanged.
 
@@ -215,14 +209,14 @@ class XPCalibration:
             return out
         clean = {band: out[band][good] for band in BANDS}
         colour, log_sn = colour_and_log_sn(clean, np.asarray(bp_sigma0)[good])
-        weights = self._knot_weights(np.clip(colour, KNOTS[0], KNOTS[-1]))
+        weights = _interpolation_weights(colour, KNOTS)
         support = weights @ self.support
         support *= (colour >= KNOTS[0]) & (colour <= KNOTS[-1])
         r = ratios(clean)
-        residual = r - self._mean(self.simulated_mean, weights, log_sn)
+        residual = r - _mean_at(self.simulated_mean, weights, log_sn)
         low, high = self.columns()
-        mapped = self._mean(self.real_mean, weights, log_sn)
-        sn_weights = _sn_weights(log_sn)
+        mapped = _mean_at(self.real_mean, weights, log_sn)
+        sn_weights = _interpolation_weights(log_sn, LOG_SN_BINS)
         cell = (weights[:, :, None] * sn_weights[:, None, :]).reshape(len(r), -1)  # (n, knots x bins), 4 non-zero
         maps = (cell @ self.low_maps.reshape(cell.shape[1], -1)).reshape(len(r), len(low), len(low))
         mapped[:, low] += np.einsum("nij,nj->ni", maps, residual[:, low])
@@ -266,13 +260,10 @@ def fit_calibration(
     widths, support = knot_bandwidths(colour_r)
     real_mean = _mean_surface(colour_r, sn_r, r_real, noise, widths)
     simulated_mean = _mean_surface(colour_s, sn_s, r_sim, None, widths)
-    partial = XPCalibration(real_mean, simulated_mean, np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
-    residual_r = r_real - partial._mean(real_mean, partial._knot_weights(np.clip(colour_r, KNOTS[0], KNOTS[-1])), sn_r)
-    residual_s = r_sim - partial._mean(
-        simulated_mean, partial._knot_weights(np.clip(colour_s, KNOTS[0], KNOTS[-1])), sn_s
-    )
+    residual_r = r_real - _mean_at(real_mean, _interpolation_weights(colour_r, KNOTS), sn_r)
+    residual_s = r_sim - _mean_at(simulated_mean, _interpolation_weights(colour_s, KNOTS), sn_s)
     low, high = XPCalibration.columns()
-    maps, scales = np.zeros((len(KNOTS), len(LOG_SN_BINS), len(low), len(low))), []
+    maps = np.zeros((len(KNOTS), len(LOG_SN_BINS), len(low), len(low)))
     scales = np.zeros((len(KNOTS), len(LOG_SN_BINS), len(high)))
     for k, knot in enumerate(KNOTS):
         for b, centre in enumerate(LOG_SN_BINS):

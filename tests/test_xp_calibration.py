@@ -33,7 +33,7 @@ def test_a_known_offset_is_learned_and_applied(population):
     calibration = fit_calibration(real, errors, simulated, errors["bp"][:, 0])
     mapped = calibration.apply(simulated, errors["bp"][:, 0])
     colour = np.log10(simulated["bp"][:, 0] / simulated["rp"][:, 0])
-    inside = (calibration._knot_weights(np.clip(colour, *xp_calibration.KNOTS[[0, -1]])) @ calibration.support) == 1
+    inside = (xp_calibration._interpolation_weights(colour, xp_calibration.KNOTS) @ calibration.support) == 1
     assert inside.mean() > 0.5
     for band in ("bp", "rp"):
         np.testing.assert_array_equal(mapped[band][:, 0], simulated[band][:, 0])
