@@ -30,14 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset_builder.realism import (  # noqa: E402
-    calibration_half,
-    feature_table,
-    match_pairs,
-    matched_classifier_auc,
-    read_flat_real_sample,
-    read_xp_files,
-)
+from dataset_builder import realism  # noqa: E402
 from dataset_builder.simulate import simulate_survey  # noqa: E402
 
 REAL_SAMPLE = next(
@@ -60,10 +53,10 @@ def _plot(real, simulated, path: Path) -> None:
 
     plt.rcParams["text.usetex"] = False
 
-    rows_real, rows_sim = match_pairs(real, simulated)
+    rows_real, rows_sim = realism.match_pairs(real, simulated)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for sample, rows, label in ((real, rows_real, "real DR3"), (simulated, rows_sim, "simulated")):
-        x, names = feature_table(sample.take(rows), "all")
+        x, names = realism.feature_table(sample.take(rows), "all")
         index = {name: i for i, name in enumerate(names)}
         for ax, band in zip(axes[:2], ("bp", "rp")):
             ratios = np.abs(x[:, [index[f"{band}{i}/{band}0"] for i in range(1, 55)]])
@@ -96,9 +89,9 @@ def main() -> None:
         help="which real stars to compare with: the half the calibration has not seen (default), the other, or all",
     )
     args = parser.parse_args()
-    real = read_flat_real_sample(args.real)
+    real = realism.read_flat_real_sample(args.real)
     if args.real_stars != "all":
-        in_calibration = calibration_half(real.source_id)
+        in_calibration = realism.calibration_half(real.source_id)
         real = real.take(np.flatnonzero(in_calibration == (args.real_stars == "calibration")))
     options = {"xp_model": args.xp_model, "calibrated": not args.uncalibrated}
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +99,8 @@ def main() -> None:
         files = simulate_survey(Path(tmp) / "a", n_stars=args.n_stars, seed=args.seed, **options)
         other = simulate_survey(Path(tmp) / "b", n_stars=args.n_stars, seed=args.seed + 1, progress=False, **options)
         simulate_s = time.perf_counter() - start
-        simulated = read_xp_files(files.xp_files)
-        simulated_other = read_xp_files(other.xp_files)
+        simulated = realism.read_xp_files(files.xp_files)
+        simulated_other = realism.read_xp_files(other.xp_files)
         truth = pd.read_parquet(files.truth).set_index("source_id").loc[simulated.source_id]
     unreddened_dwarf = (truth["true_logg"].to_numpy() > 4.0) & (truth["true_ebv"].to_numpy() < 0.03)
     dwarfs = simulated.take(np.flatnonzero(unreddened_dwarf))
@@ -115,17 +108,19 @@ def main() -> None:
     runs = [(name, name, simulated) for name in ("low_order", "first_five", "all", "matching")]
     runs.append(("first_five_unreddened_dwarfs", "first_five", dwarfs))
     for label, feature_set, sample in runs:
-        result = matched_classifier_auc(real, sample, feature_set, seed=args.seed)
+        result = realism.matched_classifier_auc(real, sample, feature_set, seed=args.seed)
         results[label] = result
         print(f"{label}: AUC {result.auc:.3f} on {result.n_pairs} pairs; separating features (gain share):")
         for name, share in result.importances[:8]:
             print(f"    {name:<16} {share:.3f}")
     # the control's "real" side: as many stars of another seed as the real sample has (a 20k x 20k matching is slow)
-    control = matched_classifier_auc(simulated_other.take(np.arange(len(real))), simulated, "all", seed=args.seed)
+    control = realism.matched_classifier_auc(
+        simulated_other.take(np.arange(len(real))), simulated, "all", seed=args.seed
+    )
     print(f"simulated vs simulated (all): AUC {control.auc:.3f} on {control.n_pairs} pairs")
-    rows_real, rows_sim = match_pairs(real, simulated)
-    x_real, names = feature_table(real.take(rows_real), "all")
-    x_sim, _ = feature_table(simulated.take(rows_sim), "all")
+    rows_real, rows_sim = realism.match_pairs(real, simulated)
+    x_real, names = realism.feature_table(real.take(rows_real), "all")
+    x_sim, _ = realism.feature_table(simulated.take(rows_sim), "all")
     index = {name: i for i, name in enumerate(names)}
     print(f"{'matched medians':<16}{'real':>12}{'simulated':>12}")
     medians = {}

@@ -2,6 +2,7 @@
 
     python -m modeling_astro.catalogue_ray --model CHECKPOINT --data INPUT --out PREDICTIONS --request teff logg m_h
         [--address ray://... | HOST:PORT] [--num-actors 2] [--num-gpus 1] [--batch-size 1024] [--dtype bfloat16]
+        [--cpus-per-actor 1] [--cpus-per-read 1]
     python -m modeling_astro.catalogue_inference --engine ray ...     # the same, from the catalogue command
 
 `INPUT` is one of
@@ -50,8 +51,8 @@ from .io_utils import atomic_path
 from .observations import ERROR_SUFFIX, SIGMA_SUFFIX
 
 FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN = "_file", "_row", "_file_rows"
-NODE_COLUMN, PID_COLUMN = "_node", "_pid"
-TAG_COLUMNS = (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, NODE_COLUMN, PID_COLUMN)
+NODE_COLUMN, PID_COLUMN, READ_NODE_COLUMN = "_node", "_pid", "_read_node"
+TAG_COLUMNS = (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, NODE_COLUMN, PID_COLUMN, READ_NODE_COLUMN)
 KINDS = ("bulk", "hats", "shards")
 READ_TASK_MEMORY = 256 << 20
 """Declared memory of a read task [bytes], plus `READ_MEMORY_PER_STAR` per star of a chunk."""
@@ -123,9 +124,13 @@ def read_and_tokenise(
 ) -> Iterator[dict[str, np.ndarray]]:
     """
     Ray Data CPU task: for each input file of `batch` (`_file`, `path`), yield its stars chunk by chunk,
-    tokenised and tagged with `_file`, `_row` (row in the file) and `_file_rows` (the file's number of rows on
-    the rows of its last chunk, -1 elsewhere: one chunk is read ahead to know which is last).
+    tokenised and tagged with `_file`, `_row` (row in the file), `_file_rows` (the file's number of rows on
+    the rows of its last chunk, -1 elsewhere: one chunk is read ahead to know which is last) and `_read_node`
+    (the Ray node that read it).
     """
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     for file_index, path in zip(batch[FILE_COLUMN], batch["path"]):
         chunks = _observation_chunks(kind, Path(path), rows_per_chunk, gaia_source_dir)
         pending, first_row = next(chunks, None), 0
@@ -138,6 +143,7 @@ def read_and_tokenise(
                 ROW_COLUMN: np.arange(first_row, first_row + size, dtype=np.int64),
                 FILE_ROWS_COLUMN: np.full(size, first_row + size if last else -1, dtype=np.int64),
                 "source_id": np.asarray(pending["source_id"], dtype=np.int64),
+                READ_NODE_COLUMN: np.full(size, node),
                 **_tokenised(tokenizer, pending, inputs),
             }
             pending, first_row = upcoming, first_row + size
@@ -174,7 +180,7 @@ class PredictActor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # stars without inputs: NaN rows, counted by the driver
             table = self.predictor.predict_tokenized(batch, self.request)
-        out = {name: batch[name] for name in (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, "source_id")}
+        out = {name: batch[name] for name in (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, READ_NODE_COLUMN, "source_id")}
         out.update({name: table[name].to_numpy() for name in table.columns})
         out[NODE_COLUMN] = np.full(size, self.node)
         out[PID_COLUMN] = np.full(size, self.pid, dtype=np.int64)
@@ -196,6 +202,7 @@ class CatalogueRun:
     stars_per_s: float = 0.0
     duplicate_rows_dropped: int = 0
     stars_per_node: dict[str, int] = field(default_factory=dict)
+    stars_read_per_node: dict[str, int] = field(default_factory=dict)
     stars_per_actor: dict[str, int] = field(default_factory=dict)
     driver_peak_rss_mb: float = 0.0
 
@@ -213,12 +220,14 @@ class _Collector:
         self.summary = summary
         self.on_file = on_file
         self.nodes: Counter = Counter()
+        self.read_nodes: Counter = Counter()
         self.actors: Counter = Counter()
 
     def add(self, table: pa.Table) -> int:
         """Take one result batch; returns its number of rows."""
-        nodes, counts = np.unique(table.column(NODE_COLUMN).to_numpy(zero_copy_only=False), return_counts=True)
-        self.nodes.update(dict(zip(nodes.tolist(), counts.tolist())))
+        for column, counter in ((NODE_COLUMN, self.nodes), (READ_NODE_COLUMN, self.read_nodes)):
+            nodes, counts = np.unique(table.column(column).to_numpy(zero_copy_only=False), return_counts=True)
+            counter.update(dict(zip(nodes.tolist(), counts.tolist())))
         pids, counts = np.unique(table.column(PID_COLUMN).to_numpy(), return_counts=True)
         self.actors.update({str(pid): int(count) for pid, count in zip(pids, counts)})
         files = table.column(FILE_COLUMN).to_numpy()
@@ -294,6 +303,39 @@ def start_ray(address: str | None = None, attempts: int = 3, **options: Any) -> 
                 raise
 
 
+def check_cluster_fits(
+    nodes: Sequence[dict[str, float]], num_actors: int, cpus_per_actor: float, num_gpus: float, cpus_per_read: float
+) -> None:
+    """
+    Raise ValueError, saying what to change, when a cluster whose alive nodes have the resources `nodes`
+    (``{"CPU": ..., "GPU": ...}`` each) cannot run the job: Ray would wait for resources that never come and the
+    job would hang without a word. The actors (`cpus_per_actor` CPUs, `num_gpus` GPUs each) are placed as Ray
+    spreads them, on the node with the most free CPUs that fits; a read task (`cpus_per_read` CPUs) must then
+    still fit on some node, since the actors hold their resources for the whole run.
+    """
+    free = [[float(node.get("CPU", 0.0)), float(node.get("GPU", 0.0))] for node in nodes]
+    total_cpus = sum(cpu for cpu, _ in free)
+    for actor in range(num_actors):
+        fits = [slot for slot in free if slot[0] >= cpus_per_actor and slot[1] >= num_gpus]
+        if not fits:
+            raise ValueError(
+                f"The Ray cluster ({len(nodes)} node(s), {total_cpus:g} CPUs, {sum(g for _, g in free):g} GPUs left "
+                f"after {actor} actor(s)) cannot place actor {actor + 1} of --num-actors {num_actors} with "
+                f"--cpus-per-actor {cpus_per_actor:g} and --num-gpus {num_gpus:g}: use fewer actors or fewer "
+                "resources per actor."
+            )
+        slot = max(fits, key=lambda slot: slot[0])
+        slot[0] -= cpus_per_actor
+        slot[1] -= num_gpus
+    if max((cpu for cpu, _ in free), default=0.0) < cpus_per_read:
+        raise ValueError(
+            f"The Ray cluster ({len(nodes)} node(s), {total_cpus:g} CPUs) has no node left with the "
+            f"--cpus-per-read {cpus_per_read:g} CPUs a read task needs once {num_actors} actor(s) of "
+            f"--cpus-per-actor {cpus_per_actor:g} hold theirs, so no input would ever be read: use fewer actors, "
+            "a smaller --cpus-per-actor or a smaller --cpus-per-read (e.g. 0.5 each on 1-CPU nodes)."
+        )
+
+
 def predict_catalogue_ray(
     model: str | os.PathLike,
     data: str | os.PathLike,
@@ -305,6 +347,7 @@ def predict_catalogue_ray(
     num_actors: int = 1,
     num_gpus: float = 0.0,
     cpus_per_actor: float = 1.0,
+    cpus_per_read: float = 1.0,
     torch_threads: int | None = None,
     batch_size: int | None = None,
     rows_per_chunk: int = 16384,
@@ -319,7 +362,8 @@ def predict_catalogue_ray(
     Predict every input file of `data` that has no finished prediction file in `out` yet, on Ray Data (see the
     module docstring). `on_file(path, rows)` is called after each prediction file is written, `on_batch(table)`
     with each result batch (tag columns `_file`, `_row`, `_node`, `_pid` included) when it reaches the driver.
-    Returns a `CatalogueRun` summary.
+    Returns a `CatalogueRun` summary. A cluster too small for `num_actors` actors plus one read task raises
+    ValueError (`check_cluster_fits`) instead of waiting forever.
     """
     import ray
 
@@ -328,6 +372,11 @@ def predict_catalogue_ray(
     start = time.perf_counter()
     if num_actors < 1 or rows_per_chunk < 1:
         raise ValueError(f"--num-actors and --rows-per-chunk must be >= 1, got {num_actors}, {rows_per_chunk}.")
+    if cpus_per_read <= 0 or cpus_per_actor < 0 or num_gpus < 0:
+        raise ValueError(
+            f"--cpus-per-read must be > 0 and --cpus-per-actor, --num-gpus >= 0, got {cpus_per_read}, "
+            f"{cpus_per_actor}, {num_gpus}."
+        )
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
     kind, root, files = list_inputs(data, split)
@@ -346,6 +395,8 @@ def predict_catalogue_ray(
             options["object_store_memory"] = int(object_store_mb) << 20
         start_ray(address, **options)
     try:
+        alive = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        check_cluster_fits(alive, num_actors, cpus_per_actor, num_gpus, cpus_per_read)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.execution_options.preserve_order = False
@@ -354,7 +405,7 @@ def predict_catalogue_ray(
             read_and_tokenise,
             batch_size=1,
             batch_format="numpy",
-            num_cpus=1,
+            num_cpus=cpus_per_read,
             # declared memory of a read task (a chunk in flight, one GaiaSource file's photometry); differing
             # resources also keep Ray Data from fusing these CPU tasks into the model actors
             memory=READ_TASK_MEMORY + rows_per_chunk * READ_MEMORY_PER_STAR,
@@ -412,6 +463,7 @@ def predict_catalogue_ray(
                     on_batch(batch)
             collector.close()
         summary.stars_per_node = dict(collector.nodes)
+        summary.stars_read_per_node = dict(collector.read_nodes)
         summary.stars_per_actor = dict(collector.actors)
     finally:
         if started_ray:
@@ -434,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> CatalogueRun:
     parser.add_argument("--num-actors", type=int, default=1, help="model replicas (actors)")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (0: CPU actors)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per CPU actor")
+    parser.add_argument("--cpus-per-read", type=float, default=1.0, help="CPUs per read-and-tokenise task")
     parser.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs)")
     parser.add_argument("--batch-size", type=int, help="stars per forward pass per device (128 CPU, 1024 GPU)")
     parser.add_argument("--rows-per-chunk", type=int, default=16384, help="stars per Ray block (read, tokenise)")
@@ -455,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> CatalogueRun:
         num_actors=args.num_actors,
         num_gpus=args.num_gpus,
         cpus_per_actor=args.cpus_per_actor,
+        cpus_per_read=args.cpus_per_read,
         torch_threads=args.torch_threads,
         batch_size=args.batch_size,
         rows_per_chunk=args.rows_per_chunk,

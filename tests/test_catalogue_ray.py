@@ -166,6 +166,8 @@ def bulk_predictions(ray_cluster, bulk, model, tmp_path_factory) -> pd.DataFrame
     out = tmp_path_factory.mktemp("bulk_predictions")
     summary = predict_catalogue_ray(model, bulk, out, **run_options())
     assert summary.files_written == 8 and summary.stars == N_STARS and summary.duplicate_rows_dropped == 0
+    node = ray_cluster.get_runtime_context().get_node_id()
+    assert summary.stars_read_per_node == {node: N_STARS} and summary.stars_per_node == {node: N_STARS}
     table = check_exactly_once(out, input_ids(bulk))
     # one output per input file, rows in input order
     for path in sorted(bulk.glob("Xp*")):
@@ -277,6 +279,7 @@ def test_collector_drops_rows_delivered_twice_and_waits_for_missing_ones(tmp_pat
                 "teff": np.ones(n, np.float32),
                 "teff_sigma": np.ones(n, np.float32),
                 "_node": np.full(n, "node"),
+                "_read_node": np.full(n, "node"),
                 "_pid": np.full(n, 7),
             }
         )
@@ -295,3 +298,32 @@ def test_collector_drops_rows_delivered_twice_and_waits_for_missing_ones(tmp_pat
     table = pq.read_table(tmp_path / "a.parquet")
     np.testing.assert_array_equal(table["source_id"].to_numpy(), np.arange(10) + 10**15)
     assert table.column_names == ["source_id", "teff", "teff_sigma"]
+
+
+def test_cluster_without_room_for_reads_is_refused_not_left_waiting():
+    """Actors hold their CPUs for the whole run: if no node keeps a read task's CPUs, Ray would wait forever."""
+    from modeling_astro.catalogue_ray import check_cluster_fits
+
+    two_nodes = [{"CPU": 1.0}, {"CPU": 1.0}]
+    with pytest.raises(ValueError, match="no node left with the --cpus-per-read 1 CPUs"):
+        check_cluster_fits(two_nodes, num_actors=2, cpus_per_actor=1.0, num_gpus=0.0, cpus_per_read=1.0)
+    # spread as Ray spreads them, two half-CPU actors leave half a CPU on each node: too little for a 1-CPU read
+    with pytest.raises(ValueError, match="smaller --cpus-per-read"):
+        check_cluster_fits(two_nodes, num_actors=2, cpus_per_actor=0.5, num_gpus=0.0, cpus_per_read=1.0)
+    check_cluster_fits(two_nodes, num_actors=2, cpus_per_actor=0.5, num_gpus=0.0, cpus_per_read=0.5)
+    check_cluster_fits(two_nodes, num_actors=1, cpus_per_actor=1.0, num_gpus=0.0, cpus_per_read=1.0)
+    gpu_actors = dict(num_actors=2, cpus_per_actor=1.0, num_gpus=1.0, cpus_per_read=1.0)
+    with pytest.raises(ValueError, match="cannot place actor 2 of --num-actors 2"):
+        check_cluster_fits([{"CPU": 8.0, "GPU": 1.0}], **gpu_actors)
+    check_cluster_fits([{"CPU": 8.0, "GPU": 2.0}], **gpu_actors)
+
+
+def test_too_many_actors_for_the_cluster_fail_at_once(ray_cluster, bulk, model, tmp_path):
+    """The test cluster has 2 CPUs: two 1-CPU actors would starve the read tasks (the job used to hang)."""
+    from modeling_astro.catalogue_ray import predict_catalogue_ray
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="no input would ever be read"):
+        predict_catalogue_ray(model, bulk, tmp_path, num_actors=2, **run_options())
+    assert time.monotonic() - started < 60
+    assert not list(tmp_path.glob("*.parquet"))
