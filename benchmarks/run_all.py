@@ -30,14 +30,15 @@ def run(script: Path) -> dict:
     seconds = round(time.perf_counter() - start, 1)
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
-        return {"benchmark": script.stem, "error": result.stderr[-2000:], "wall_s": seconds}
+        return {"benchmark": script.stem, "error": result.stderr[-2000:], "script_wall_s": seconds}
     try:
-        return {**json.loads(lines[-1]), "wall_s": seconds, "cpu": cpu_description()}
+        # script_wall_s, not wall_s: a benchmark's own wall_s (e.g. per run) is kept
+        return {**json.loads(lines[-1]), "script_wall_s": seconds, "cpu": cpu_description()}
     except json.JSONDecodeError:
         return {
             "benchmark": script.stem,
             "error": f"last line is not JSON: {lines[-1][:200]}",
-            "wall_s": seconds,
+            "script_wall_s": seconds,
         }
 
 
