@@ -16,11 +16,12 @@ Runs, each a fresh process, one after another (wall times include start-up: impo
 5. Ray on the bulk files with the model actor SIGKILLed once the first prediction file is written ->
    `duplicates`, `missing` (source_ids, against the input);
 6. Ray on the bulk files with the driver's whole process group SIGKILLed once the first prediction file is
-   written, then the same command again -> `driver_rerun_files_skipped`, `driver_rerun_duplicates`/`_missing`;
+   written, then the same command again -> `driver_rerun_files_skipped`;
 7. a two-node cluster on this machine (`ray start --head --num-cpus 1` + `ray start --address ... --num-cpus 1`,
    two actors of half a CPU, read tasks of half a CPU, so that each node can hold an actor and a read task: two
    1-CPU actors would leave no CPU for reading, which the pipeline refuses) on the shards -> `nodes` (nodes that
    predicted stars), `stars_per_node`, `read_nodes` and `stars_read_per_node` (nodes that read and tokenised).
+Every run's rows, duplicate and missing `source_id`s are in `exactly_once` (the driver run's after its rerun).
 Peak RSS is the peak, sampled every 0.2 s, of the summed RSS of the run's process tree (driver, raylet, Ray
 workers; shared object-store pages count once per process, so it over-counts).
 `hours_220M_per_actor` projects 220 million stars from the per-actor throughput of run 3.
@@ -107,32 +108,28 @@ def run(command: list[str], out: Path | None = None, kill: str | None = None) ->
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(THREADS)}
     start = time.perf_counter()
     # output to files, not pipes: a pipe nobody reads until the end blocks a chatty process once it is full
-    stdout_file, stderr_file = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    process = subprocess.Popen(command, env=env, stdout=stdout_file, stderr=stderr_file, start_new_session=True)
-    watched = psutil.Process(process.pid)
-    peak, killed = 0.0, None
-    while process.poll() is None:
-        peak = max(peak, tree_rss_mb(watched))
-        if kill and killed is None and out is not None and list(out.glob("**/*.parquet")):
-            if kill == "driver":
-                os.killpg(process.pid, signal.SIGKILL)
-                killed = process.pid
-            for member in watched.children(recursive=True) if kill == "actor" else []:
-                try:
-                    if "PredictActor" in " ".join(member.cmdline()):
-                        os.kill(member.pid, signal.SIGKILL)
-                        killed = member.pid
-                        break
-                except psutil.Error:
-                    pass
-        time.sleep(0.2)
-    process.wait()
-    outputs = []
-    for file in (stdout_file, stderr_file):
-        file.seek(0)
-        outputs.append(file.read())
-        file.close()
-    stdout, stderr = outputs
+    with tempfile.TemporaryFile("w+") as stdout_file, tempfile.TemporaryFile("w+") as stderr_file:
+        process = subprocess.Popen(command, env=env, stdout=stdout_file, stderr=stderr_file, start_new_session=True)
+        watched = psutil.Process(process.pid)
+        peak, killed = 0.0, None
+        while process.poll() is None:
+            peak = max(peak, tree_rss_mb(watched))
+            if kill and killed is None and out is not None and list(out.glob("**/*.parquet")):
+                if kill == "driver":
+                    os.killpg(process.pid, signal.SIGKILL)
+                    killed = process.pid
+                for member in watched.children(recursive=True) if kill == "actor" else []:
+                    try:
+                        if "PredictActor" in " ".join(member.cmdline()):
+                            os.kill(member.pid, signal.SIGKILL)
+                            killed = member.pid
+                            break
+                    except psutil.Error:
+                        pass
+            time.sleep(0.2)
+        stdout_file.seek(0)
+        stderr_file.seek(0)
+        stdout, stderr = stdout_file.read(), stderr_file.read()
     if process.returncode != 0 and not (kill == "driver" and killed is not None):
         raise RuntimeError(f"{command[:4]} failed ({process.returncode}):\n{stderr[-4000:]}")
     lines = [line for line in stdout.strip().splitlines() if line.startswith("{")]
@@ -293,8 +290,11 @@ def main() -> None:
         hats_difference = same_predictions(work / "ray_bulk", work / "ray_hats") if "ray_hats" in checks else None
     nothing = {"seconds": float("nan"), "peak_rss_mb": None, "killed_pid": None, "summary": None}
     empty = {
-        **{"stars_per_node": {}, "stars_read_per_node": {}, "stars_per_actor": {}},
-        **{"stars_per_s": float("nan"), "files_skipped": None},
+        "stars_per_node": {},
+        "stars_read_per_node": {},
+        "stars_per_actor": {},
+        "stars_per_s": float("nan"),
+        "files_skipped": None,
     }
     for name in stages:
         results.setdefault(name, dict(nothing))
@@ -305,7 +305,7 @@ def main() -> None:
         return round(args.n_stars / results[name]["seconds"], 1)
 
     per_node = results["ray_two_nodes"]["summary"]["stars_per_node"]
-    read_per_node = results["ray_two_nodes"]["summary"].get("stars_read_per_node", {})
+    read_per_node = results["ray_two_nodes"]["summary"]["stars_read_per_node"]
     per_actor = results["ray_bulk"]["summary"]["stars_per_s"]  # one actor: the run's throughput is the actor's
     result = {
         "benchmark": "catalogue",

@@ -52,7 +52,6 @@ from .observations import ERROR_SUFFIX, SIGMA_SUFFIX
 
 FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN = "_file", "_row", "_file_rows"
 NODE_COLUMN, PID_COLUMN, READ_NODE_COLUMN = "_node", "_pid", "_read_node"
-TAG_COLUMNS = (FILE_COLUMN, ROW_COLUMN, FILE_ROWS_COLUMN, NODE_COLUMN, PID_COLUMN, READ_NODE_COLUMN)
 KINDS = ("bulk", "hats", "shards")
 READ_TASK_MEMORY = 256 << 20
 """Declared memory of a read task [bytes], plus `READ_MEMORY_PER_STAR` per star of a chunk."""
@@ -130,7 +129,7 @@ def read_and_tokenise(
     """
     import ray
 
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    node = ray.get_runtime_context().get_node_id()
     for file_index, path in zip(batch[FILE_COLUMN], batch["path"]):
         chunks = _observation_chunks(kind, Path(path), rows_per_chunk, gaia_source_dir)
         pending, first_row = next(chunks, None), 0
@@ -361,7 +360,8 @@ def predict_catalogue_ray(
     """
     Predict every input file of `data` that has no finished prediction file in `out` yet, on Ray Data (see the
     module docstring). `on_file(path, rows)` is called after each prediction file is written, `on_batch(table)`
-    with each result batch (tag columns `_file`, `_row`, `_node`, `_pid` included) when it reaches the driver.
+    with each result batch (tag columns `_file`, `_row`, `_read_node`, `_node`, `_pid` included) when it reaches
+    the driver.
     Returns a `CatalogueRun` summary. A cluster too small for `num_actors` actors plus one read task raises
     ValueError (`check_cluster_fits`) instead of waiting forever.
     """
